@@ -1,0 +1,6 @@
+"""JupyterHub spawner: each student's JupyterLab on their own rootless Docker daemon, with GPUs."""
+
+from .spawner import RootlessGPUSpawner, SpawnRefused
+
+__all__ = ["RootlessGPUSpawner", "SpawnRefused"]
+__version__ = "0.1.0"

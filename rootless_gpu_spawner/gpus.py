@@ -1,0 +1,123 @@
+"""GPU requests: the ``gpus`` setting as Docker device requests, and GPU errors in words."""
+
+from __future__ import annotations
+
+import re
+
+from docker.types import DeviceRequest
+
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,127}$")  # index, GPU-uuid or MIG id
+MAX_GPU_COUNT = 1024
+
+
+class InvalidGPURequest(ValueError):
+    pass
+
+
+def normalize_gpus(value):
+    """Return ``"all"``, a non-negative ``int``, or a list of device id strings.
+
+    Accepts what an admin writes in config and what a form or the REST API
+    sends: ``"all"``, ``2``, ``"2"``, ``[0, 2]``, ``["GPU-3f2..."]``,
+    ``"0,2"`` and ``"device=0,2"`` (the ``docker run --gpus`` spelling).
+    ``0``, ``"none"`` and ``[]`` mean no GPU.
+    """
+    if isinstance(value, bool):
+        raise InvalidGPURequest(f"gpus must be 'all', a count or a list of GPU ids, not {value!r}")
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidGPURequest(f"a GPU count cannot be negative (got {value})")
+        if value > MAX_GPU_COUNT:
+            raise InvalidGPURequest(f"a GPU count of {value} is not possible")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        lowered = text.lower()
+        if lowered == "all":
+            return "all"
+        if lowered in ("", "none", "0"):
+            return 0
+        if lowered.startswith("device="):
+            return normalize_gpus(text[len("device=") :].split(","))
+        if text.isdigit() and text.isascii():
+            return normalize_gpus(int(text))
+        if "," in text:
+            return normalize_gpus(text.split(","))
+        raise InvalidGPURequest(
+            f"gpus={value!r} is not understood: use 'all', a number such as 2, "
+            "or GPU ids such as [0, 1]"
+        )
+    if isinstance(value, (list, tuple)):
+        ids = []
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise InvalidGPURequest(f"GPU id {item!r} must be a number or a string")
+            if isinstance(item, int) and item < 0:
+                raise InvalidGPURequest(f"GPU id {item} cannot be negative")
+            ident = str(item).strip()
+            if not _DEVICE_ID.match(ident):
+                raise InvalidGPURequest(f"GPU id {str(item)[:40]!r} is not a valid device id")
+            if ident not in ids:
+                ids.append(ident)
+        return ids
+    raise InvalidGPURequest(
+        f"gpus must be 'all', a count or a list of GPU ids, not {type(value).__name__}"
+    )
+
+
+def device_requests(gpus) -> list[DeviceRequest]:
+    """The Engine API ``DeviceRequests`` for a normalised ``gpus`` value.
+
+    Same as ``docker run --gpus``: count -1 is "all"; capabilities ``[["gpu"]]``
+    select the NVIDIA driver (the container toolkit's hook or CDI).
+    """
+    gpus = normalize_gpus(gpus)
+    if gpus == 0 or gpus == []:
+        return []
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if isinstance(gpus, int):
+        return [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
+    return [DeviceRequest(device_ids=list(gpus), capabilities=[["gpu"]])]
+
+
+def describe_gpus(gpus) -> str:
+    gpus = normalize_gpus(gpus)
+    if gpus == "all":
+        return "all GPUs"
+    if gpus == 0 or gpus == []:
+        return "no GPU"
+    if isinstance(gpus, int):
+        return f"{gpus} GPU" + ("s" if gpus != 1 else "")
+    return "GPU " + ",".join(gpus)
+
+
+def is_gpu_driver_error(message: str) -> bool:
+    """True for the daemon's "no NVIDIA driver registered" family of errors."""
+    text = message.lower()
+    return (
+        "could not select device driver" in text
+        or "nvidia-container-cli" in text
+        or "devices.allow" in text
+        or ("unknown or invalid runtime name" in text and "nvidia" in text)
+    )
+
+
+def gpu_driver_error_message(account: str, docker_host: str, gpus, raw: str) -> str:
+    """Turn the daemon's GPU error into what the admin should do about it."""
+    if "devices.allow" in raw or "cgroup" in raw.lower():
+        cause = (
+            "the NVIDIA hook tried to set up device cgroups, which a rootless daemon may not do"
+        )
+    else:
+        cause = "the daemon has no NVIDIA GPU driver registered"
+    return (
+        f"GPUs were requested ({describe_gpus(gpus)}) for {account}, but {cause} "
+        f"(daemon {docker_host}). Fix, as admin: install the NVIDIA Container Toolkit, set "
+        "'no-cgroups = true' in /etc/nvidia-container-runtime/config.toml "
+        "(or run 'rootless-gpu-admin bootstrap --gpu'), then restart "
+        f"{account}'s rootless Docker daemon. Or start without GPUs. "
+        f"Docker said: {raw.strip()[:300]}"
+    )

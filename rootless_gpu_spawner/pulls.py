@@ -1,0 +1,118 @@
+"""Getting an image onto a student's daemon: pull policy, mirror prefixes, canonical tags."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from docker.errors import APIError, NotFound
+
+from .daemon import is_connection_error
+from .images import ImageRef, pull_candidates
+
+log = logging.getLogger(__name__)
+
+
+class ImageError(RuntimeError):
+    """The image could not be made available; the message lists what was tried."""
+
+
+@dataclass
+class PullResult:
+    image: str  # the local name to create the container from
+    pulled_from: str | None = None  # None when the image was already present
+    attempts: list = field(default_factory=list)  # (reference, error or None)
+
+
+def _drain_pull(client, repository: str, tag: str) -> None:
+    """Run a streamed pull to the end, raising on an error reported mid-stream.
+
+    The Engine API answers 200 and reports most pull failures (manifest
+    unknown, unauthorized, network) inside the JSON stream.
+    """
+    for chunk in client.pull(repository, tag=tag, stream=True, decode=True):
+        if isinstance(chunk, dict) and (chunk.get("error") or chunk.get("errorDetail")):
+            detail = chunk.get("errorDetail") or {}
+            raise ImageError(chunk.get("error") or detail.get("message") or str(chunk))
+
+
+async def _present(conn, names) -> str | None:
+    for name in names:
+        try:
+            await conn.call("inspect_image", name)
+            return name
+        except NotFound:
+            continue
+    return None
+
+
+async def ensure_image(
+    conn, ref: ImageRef, *, policy: str, mirror_prefixes, fallback_to_upstream: bool, account: str
+) -> PullResult:
+    """Make ``ref`` available on the daemon behind ``conn``; return the local name to use.
+
+    ``ifnotpresent``: an image already present under its canonical name (or,
+    for digests, under a mirror name from an earlier pull) costs no network.
+    After a pull through a mirror the image is tagged with its canonical name,
+    so ``docker images`` and the next spawn find it as the student asked.
+    """
+    policy = policy.lower()
+    candidates = pull_candidates(ref, mirror_prefixes, fallback_to_upstream)
+    if policy == "skip":
+        return PullResult(ref.familiar)
+    if policy != "always":
+        local_names = [ref.familiar]
+        if ref.digest:
+            local_names += [c.familiar for c in candidates if c != ref]
+        present = await _present(conn, local_names)
+        if present:
+            return PullResult(present)
+        if policy == "never":
+            raise ImageError(
+                f"image {ref.familiar} is not on {account}'s Docker daemon and pull_policy is "
+                f"'never': ask the admin to load it (docker pull/load as {account}) or allow pulls"
+            )
+
+    result = PullResult(ref.familiar)
+    for candidate in candidates:
+        repository, tag = candidate.pull_args
+        log.info("pulling %s for %s (as %s)", ref.familiar, account, candidate.familiar)
+        try:
+            await conn.run(_drain_pull, conn.client, repository, tag)
+        except Exception as e:  # one failed source: note it and try the next
+            if is_connection_error(e):
+                raise
+            reason = e.explanation if isinstance(e, APIError) and e.explanation else str(e)
+            log.warning("pull of %s failed: %s", candidate.familiar, reason)
+            result.attempts.append((candidate.familiar, reason))
+            continue
+        result.attempts.append((candidate.familiar, None))
+        result.pulled_from = candidate.familiar
+        if candidate != ref:
+            result.image = await _adopt_canonical_name(conn, ref, candidate)
+        return result
+
+    tried = "; ".join(f"{name}: {reason}" for name, reason in result.attempts)
+    hint = (
+        "check RootlessGPUSpawner.mirror_prefixes (a mirror may be down or not carry the image)"
+        if ref.is_docker_hub
+        else "check that the registry is reachable from the student's daemon"
+    )
+    raise ImageError(f"could not pull {ref.familiar} for {account}. Tried {tried}. Fix: {hint}.")
+
+
+async def _adopt_canonical_name(conn, ref: ImageRef, mirrored: ImageRef) -> str:
+    """Tag a mirror-pulled image with its canonical name and drop the mirror's name."""
+    if ref.tag:
+        await conn.call("tag", mirrored.familiar, ref.familiar_repository, ref.tag)
+        name = ref.familiar_repository + ":" + ref.tag
+        if ref.digest:
+            return mirrored.familiar  # docker cannot tag by digest; the mirror name stays usable
+        try:
+            # noprune: only the extra name goes, the image stays.
+            await conn.call("remove_image", mirrored.familiar, noprune=True)
+        except APIError as e:
+            log.debug("could not untag %s: %s", mirrored.familiar, e)
+        return name
+    # A digest-only reference cannot be re-tagged; keep the mirror's name.
+    return mirrored.familiar

@@ -1,0 +1,620 @@
+"""RootlessGPUSpawner: each student's JupyterLab on their own rootless Docker daemon."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dockerspawner import DockerSpawner
+from docker.errors import APIError
+from tornado import web
+from traitlets import Any, Bool, Callable, Float, Int, List, Unicode, Union, default, validate
+
+from . import daemon as daemons
+from .accounts import Account, AccountError, lookup_account, system_username
+from .container import build_container_request, check_container_port, rewrite_hub_urls, server_args
+from .daemon import DaemonError, is_connection_error, is_rootless, render_docker_host
+from .gpus import (
+    InvalidGPURequest,
+    device_requests,
+    gpu_driver_error_message,
+    is_gpu_driver_error,
+    normalize_gpus,
+)
+from .images import InvalidImageReference, normalize_mirror_prefix, parse_image_reference
+from .pulls import ImageError, ensure_image
+from .workspace import WorkspaceError, ensure_workspace
+
+LABEL_PREFIX = "org.rootless-gpu-spawner"
+USER_OPTION_KEYS = {"image", "gpus"}
+
+
+class SpawnRefused(web.HTTPError):
+    """A spawn that must not go ahead, with a message for the student or admin.
+
+    ``jupyterhub_message`` is what JupyterHub shows on the spawn page and in
+    REST API errors instead of a generic "Internal Server Error".
+    """
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(status_code, message.replace("%", "%%"))
+        self.jupyterhub_message = message
+
+    def __str__(self):
+        return self.jupyterhub_message
+
+
+def _bad_config(trait: str, message: str) -> ValueError:
+    return ValueError(f"RootlessGPUSpawner.{trait}: {message}")
+
+
+class RootlessGPUSpawner(DockerSpawner):
+    """Start each user's server in a container on that user's own rootless Docker daemon."""
+
+    # ---- which daemon -----------------------------------------------------
+
+    system_user = Union(
+        [Unicode(), Callable()],
+        default_value="{username}",
+        config=True,
+        help="""
+        The system (login) account that owns a hub user's daemon and workspace.
+
+        A template with ``{username}`` (the hub user name), or a callable taking
+        the hub user name and returning the login name, for labs whose hub
+        names differ from login names::
+
+            c.RootlessGPUSpawner.system_user = "s{username}"
+            c.RootlessGPUSpawner.system_user = lambda name: name.split("@")[0]
+        """,
+    )
+
+    min_uid = Int(
+        1000,
+        config=True,
+        help="""
+        Refuse system accounts with a uid below this (root and system accounts).
+
+            c.RootlessGPUSpawner.min_uid = 1000
+        """,
+    )
+
+    docker_host_template = Unicode(
+        "unix:///run/user/{uid}/docker.sock",
+        config=True,
+        help="""
+        Where each student's rootless Docker daemon listens. Fields: ``{uid}``,
+        ``{username}`` (system account) and ``{home}``. ``DOCKER_HOST`` and
+        ``/var/run/docker.sock`` are never used::
+
+            c.RootlessGPUSpawner.docker_host_template = "unix:///run/user/{uid}/docker.sock"
+        """,
+    )
+
+    allow_rootful_daemon = Bool(
+        False,
+        config=True,
+        help="""
+        Admin only: accept a daemon that does not report rootless mode. A rootful
+        daemon gives every student root on the host, so this is off; turn it on
+        only for a single-user test machine::
+
+            c.RootlessGPUSpawner.allow_rootful_daemon = False
+        """,
+    )
+
+    docker_api_timeout = Float(
+        60.0,
+        config=True,
+        help="""
+        Seconds to wait for one answer from a student's daemon before giving up
+        with an error (a daemon that never answers must not hang the spawn)::
+
+            c.RootlessGPUSpawner.docker_api_timeout = 60
+        """,
+    )
+
+    # ---- networking -----------------------------------------------------------
+
+    host_gateway_ip = Unicode(
+        "10.0.2.2",
+        config=True,
+        help="""
+        The host's loopback as seen from inside a rootless container
+        (slirp4netns's host alias). The container's ``JUPYTERHUB_API_URL`` and
+        ``JUPYTERHUB_ACTIVITY_URL`` use it when the hub listens on loopback; the
+        hub's own ``hub_connect_url`` is not changed::
+
+            c.RootlessGPUSpawner.host_gateway_ip = "10.0.2.2"
+        """,
+    )
+
+    @default("host_ip")
+    def _default_host_ip(self):
+        # Publish on loopback only (rootlesskit forwards it); ignore DOCKER_HOST.
+        return "127.0.0.1"
+
+    @validate("port")
+    def _validate_port(self, proposal):
+        try:
+            return check_container_port(proposal.value)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+
+    # ---- container user, workspace ----------------------------------------------
+
+    run_as_root = Bool(
+        True,
+        config=True,
+        help="""
+        Run the server as container root, which a rootless daemon maps to the
+        student's own uid on the host, so files in the workspace belong to the
+        student; ``--allow-root`` is passed to the single-user server. With
+        False the image's user is used and its files on the host belong to a
+        subordinate uid the student cannot manage::
+
+            c.RootlessGPUSpawner.run_as_root = True
+        """,
+    )
+
+    workspace_dir = Unicode(
+        "workspace",
+        config=True,
+        help="""
+        The student's workspace on the host, relative to their home (an absolute
+        path must be inside the home). Created if missing, owned by the student;
+        never deleted::
+
+            c.RootlessGPUSpawner.workspace_dir = "workspace"
+        """,
+    )
+
+    workspace_mount = Unicode(
+        "/workspace",
+        config=True,
+        help="""
+        Where the workspace appears in the container; JupyterLab opens there::
+
+            c.RootlessGPUSpawner.workspace_mount = "/workspace"
+        """,
+    )
+
+    @validate("workspace_mount")
+    def _validate_workspace_mount(self, proposal):
+        value = proposal.value
+        if not value.startswith("/") or value.rstrip("/") in ("", "/proc", "/sys", "/dev", "/etc"):
+            raise _bad_config(
+                "workspace_mount", f"{value!r} must be an absolute path such as '/workspace'"
+            )
+        return value.rstrip("/")
+
+    @default("notebook_dir")
+    def _default_notebook_dir(self):
+        return self.workspace_mount
+
+    @default("remove")
+    def _default_remove(self):
+        # A stopped server leaves no container behind (nor a GPU held by one);
+        # the student's files live in the bind-mounted workspace.
+        return True
+
+    # ---- GPUs ---------------------------------------------------------------------
+
+    gpus = Any(
+        "all",
+        config=True,
+        help="""
+        GPUs for each server, like ``docker run --gpus``: ``"all"``, a count
+        (``2``), a list of device ids (``[0, 3]``) or ``0`` for none. It is also
+        the most a student may ask for through ``user_options["gpus"]``::
+
+            c.RootlessGPUSpawner.gpus = "all"
+        """,
+    )
+
+    @validate("gpus")
+    def _validate_gpus(self, proposal):
+        try:
+            return normalize_gpus(proposal.value)
+        except InvalidGPURequest as e:
+            raise _bad_config("gpus", f"{e}. Example: 'all', 1, [0, 2] or 0") from None
+
+    # ---- images ---------------------------------------------------------------------
+
+    mirror_prefixes = List(
+        Unicode(),
+        default_value=["docker.mirrors.ustc.edu.cn"],
+        config=True,
+        help="""
+        Docker Hub mirrors to pull through, tried in order (host, optionally
+        with a path). Used only for Docker Hub images; the image is tagged with
+        its canonical name afterwards::
+
+            c.RootlessGPUSpawner.mirror_prefixes = ["docker.mirrors.ustc.edu.cn"]
+        """,
+    )
+
+    @validate("mirror_prefixes")
+    def _validate_mirror_prefixes(self, proposal):
+        try:
+            return [normalize_mirror_prefix(p) for p in proposal.value]
+        except ValueError as e:
+            raise _bad_config("mirror_prefixes", f"{e}. Example: ['mirror.example.org']") from None
+
+    mirror_fallback_to_upstream = Bool(
+        True,
+        config=True,
+        help="""
+        After every mirror failed, pull from Docker Hub itself::
+
+            c.RootlessGPUSpawner.mirror_fallback_to_upstream = True
+        """,
+    )
+
+    # ---- per-server state ----------------------------------------------------------------
+
+    account: Account | None = None
+    docker_host = Unicode("")  # the daemon this server's container lives on (persisted)
+    _connection = None
+
+    def _user_key(self):
+        return (self.user.name, self.name)
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.docker_host = state.get("docker_host", "")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.object_id and self.docker_host:
+            state["docker_host"] = self.docker_host
+        return state
+
+    def clear_state(self):
+        super().clear_state()
+        self.docker_host = ""
+
+    # DockerSpawner calls self.client / self.executor / self.docker(); point them
+    # at this student's daemon instead of the class-wide client.
+    @property
+    def client(self):
+        if self._connection is None or self._connection.client is None:
+            raise RuntimeError("not connected to the student's daemon yet")
+        return self._connection.client
+
+    @property
+    def executor(self):
+        return self._connection.executor
+
+    def docker(self, method, *args, **kwargs):
+        return self._connection.call(method, *args, **kwargs)
+
+    # ---- connecting -----------------------------------------------------------------------
+
+    async def resolve_account(self) -> Account:
+        hub_name = self.user.name
+        try:
+            name = system_username(hub_name, self.system_user)
+            # pwd may ask LDAP/NSS: keep it off the event loop.
+            account = await asyncio.to_thread(lookup_account, hub_name, name, self.min_uid)
+        except AccountError as e:
+            raise SpawnRefused(403, str(e)) from None
+        self.account = account
+        return account
+
+    async def connect(self, docker_host: str | None = None, check_rootless: bool = True):
+        """Verify and connect to the student's daemon (``docker_host`` from state when given)."""
+        account = self.account or await self.resolve_account()
+        if not docker_host:
+            try:
+                docker_host = render_docker_host(
+                    self.docker_host_template, account.uid, account.name, account.home
+                )
+            except ValueError as e:
+                raise SpawnRefused(500, str(e)) from None
+        try:
+            path = daemons.socket_path(docker_host)
+            if path is not None:
+                resolved = await asyncio.to_thread(
+                    daemons.verify_socket, path, account.uid, account.name
+                )
+                connect_to = "unix://" + resolved
+            else:
+                connect_to = docker_host
+        except (DaemonError, ValueError) as e:
+            raise SpawnRefused(503 if isinstance(e, DaemonError) else 500, str(e)) from None
+
+        try:
+            conn = await daemons.pool.connect(connect_to, self.docker_api_timeout, self._user_key())
+        except Exception as e:
+            if is_connection_error(e):
+                daemons.pool.discard(connect_to)
+                raise SpawnRefused(
+                    503, str(daemons.daemon_unreachable(account.name, docker_host, e))
+                ) from None
+            raise
+        if self._connection is not None and self._connection is not conn:
+            daemons.pool.release(self._connection.docker_host, self._user_key())
+        self._connection = conn
+        self.docker_host = docker_host
+        if check_rootless:
+            await self._check_rootless(account, docker_host)
+        return conn
+
+    async def _check_rootless(self, account: Account, docker_host: str):
+        info = await self._call_daemon("info")
+        if is_rootless(info):
+            return
+        if self.allow_rootful_daemon:
+            self.log.warning(
+                "daemon %s for %s is not rootless; allowed by allow_rootful_daemon",
+                docker_host,
+                account.name,
+            )
+            return
+        raise SpawnRefused(
+            403,
+            f"the Docker daemon at {docker_host} for {account.name} is not running in rootless "
+            "mode (docker info shows no 'rootless' security option): a container there would "
+            f"have root on the host. Ask the admin to set up rootless Docker for {account.name} "
+            "('rootless-gpu-admin bootstrap'); RootlessGPUSpawner.allow_rootful_daemon exists "
+            "only for single-user test machines.",
+        )
+
+    async def _call_daemon(self, method, *args, **kwargs):
+        """A Docker call that turns "daemon gone" into the clear message."""
+        try:
+            return await self.docker(method, *args, **kwargs)
+        except Exception as e:
+            if is_connection_error(e):
+                daemons.pool.discard(self._connection.docker_host)
+                self._connection = None
+                raise SpawnRefused(
+                    503, str(daemons.daemon_unreachable(self.account.name, self.docker_host, e))
+                ) from None
+            raise
+
+    def _disconnect(self):
+        if self._connection is not None:
+            daemons.pool.release(self._connection.docker_host, self._user_key())
+            self._connection = None
+
+    # ---- user options ---------------------------------------------------------------------
+
+    def validated_user_options(self) -> dict:
+        """Check ``user_options`` (form or REST API); HTTP 400 on anything wrong."""
+        options = self.user_options or {}
+        if not isinstance(options, dict):
+            raise web.HTTPError(400, "user_options must be a JSON object")
+        unknown = sorted(set(options) - USER_OPTION_KEYS)
+        if unknown:
+            raise web.HTTPError(
+                400,
+                f"unknown option(s) {', '.join(map(repr, unknown))[:200]}; "
+                f"allowed: {', '.join(sorted(USER_OPTION_KEYS))}",
+            )
+        result = {}
+        if options.get("image") not in (None, ""):
+            if not isinstance(options["image"], str):
+                raise web.HTTPError(400, "option 'image' must be a string")
+            result["image"] = options["image"]
+        if "gpus" in options:
+            try:
+                requested = normalize_gpus(options["gpus"])
+            except InvalidGPURequest as e:
+                raise web.HTTPError(400, str(e)) from None
+            result["gpus"] = self._within_gpu_ceiling(requested)
+        return result
+
+    def _within_gpu_ceiling(self, requested):
+        """A student may ask for at most what ``gpus`` grants."""
+        ceiling = self.gpus
+        if ceiling == "all" or requested == 0 or requested == []:
+            return requested
+        if requested == "all":
+            raise web.HTTPError(400, f"you may not request all GPUs here; the limit is {ceiling}")
+        if isinstance(ceiling, int):
+            count = requested if isinstance(requested, int) else None
+            if count is None:
+                raise web.HTTPError(
+                    400, f"choosing GPU ids is not allowed here; ask for a count up to {ceiling}"
+                )
+            if count > ceiling:
+                raise web.HTTPError(400, f"you asked for {count} GPUs; the limit is {ceiling}")
+            return requested
+        allowed = list(ceiling)
+        if isinstance(requested, int):
+            if requested > len(allowed):
+                raise web.HTTPError(
+                    400, f"you asked for {requested} GPUs; the limit is {len(allowed)}"
+                )
+            return allowed[:requested]
+        extra = [g for g in requested if g not in allowed]
+        if extra:
+            raise web.HTTPError(
+                400, f"GPU {','.join(extra)} is not available to you; allowed: {','.join(allowed)}"
+            )
+        return requested
+
+    async def _resolve_image(self, requested: str | None):
+        image = self.image
+        if requested:
+            # DockerSpawner's allow-list check (raises HTTP 400), then our grammar.
+            image = await self.check_allowed(requested)
+        try:
+            return parse_image_reference(image)
+        except InvalidImageReference as e:
+            status = 400 if requested else 500
+            raise SpawnRefused(status, str(e)) from None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def get_args(self):
+        return server_args(super().get_args(), self.run_as_root)
+
+    async def start(self):
+        options = self.validated_user_options()
+        ref = await self._resolve_image(options.get("image"))
+        gpus = options.get("gpus", self.gpus)
+        account = await self.resolve_account()
+        try:
+            workspace = await asyncio.to_thread(
+                ensure_workspace, account.home, self.workspace_dir, account.uid, account.gid
+            )
+        except WorkspaceError as e:
+            raise SpawnRefused(403, f"workspace for {account.name}: {e}") from None
+
+        await self.connect()
+        if options.get("image"):
+            # Like DockerSpawner: remember the student's choice (JUPYTER_IMAGE_SPEC).
+            self.image = ref.familiar
+        try:
+            pulled = await ensure_image(
+                self._connection,
+                ref,
+                policy=self.pull_policy,
+                mirror_prefixes=self.mirror_prefixes,
+                fallback_to_upstream=self.mirror_fallback_to_upstream,
+                account=account.name,
+            )
+        except ImageError as e:
+            raise SpawnRefused(500, str(e)) from None
+        except Exception as e:
+            if is_connection_error(e):
+                raise SpawnRefused(
+                    503, str(daemons.daemon_unreachable(account.name, self.docker_host, e))
+                ) from None
+            raise
+        if pulled.pulled_from:
+            self.log.info("image %s for %s pulled from %s", ref.familiar, account.name, pulled.pulled_from)
+
+        obj = await self.get_object()
+        if obj and self.remove:
+            self.log.warning("removing leftover container %s of %s", self.object_name, account.name)
+            await self.remove_object()
+            obj = None
+        if obj is None:
+            obj = await self._create(pulled.image, workspace, gpus, account)
+            self.object_id = obj["Id"]
+            self.log.info(
+                "created container %s (%s) for %s on %s from %s",
+                self.object_name, self.object_id[:12], account.name, self.docker_host, pulled.image,
+            )
+        else:
+            self.log.info("found existing container %s of %s", self.object_name, account.name)
+            for line in obj["Config"]["Env"]:
+                if line.startswith("JUPYTERHUB_API_TOKEN="):
+                    self.api_token = line.split("=", 1)[1]
+
+        try:
+            await self.start_object()
+        except APIError as e:
+            message = e.explanation or str(e)
+            if is_gpu_driver_error(str(message)):
+                await self._remove_quietly()
+                raise SpawnRefused(
+                    500, gpu_driver_error_message(account.name, self.docker_host, gpus, str(message))
+                ) from None
+            raise
+        if self.post_start_cmd:
+            await self.post_start_exec()
+        return await self.get_ip_and_port()
+
+    async def _create(self, image: str, workspace: str, gpus, account: Account):
+        command = self.cmd or (await self.docker("inspect_image", image))["Config"]["Cmd"] or []
+        env = rewrite_hub_urls(self.get_env(), self.host_gateway_ip)
+        create_kwargs, host_kwargs = build_container_request(
+            name=self.object_name,
+            image=image,
+            command=list(command) + self.get_args(),
+            env=env,
+            port=self.port,
+            host_ip=self.host_ip,
+            workspace_source=workspace,
+            workspace_mount=self.workspace_mount,
+            run_as_root=self.run_as_root,
+            device_requests=device_requests(gpus),
+            labels={
+                f"{LABEL_PREFIX}.hub-user": self.user.name,
+                f"{LABEL_PREFIX}.server-name": self.name,
+                f"{LABEL_PREFIX}.account": account.name,
+                f"{LABEL_PREFIX}.gpus": _gpus_label(gpus),
+            },
+            extra_binds=self.volume_binds,
+            auto_remove=False,
+            network_mode=self.network_name,
+            mem_limit=self.mem_limit,
+            cpu_limit=self.cpu_limit,
+        )
+        extra_create = await self._maybe_await(self._eval_if_callable(self.extra_create_kwargs))
+        extra_host = await self._maybe_await(self._eval_if_callable(self.extra_host_config))
+        _merge(create_kwargs, self._render_templates(extra_create))
+        _merge(host_kwargs, self._render_templates(extra_host))
+        create_kwargs["host_config"] = self.client.create_host_config(**host_kwargs)
+        return await self.docker("create_container", **create_kwargs)
+
+    @staticmethod
+    async def _maybe_await(value):
+        if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+            return await value
+        return value
+
+    async def _remove_quietly(self):
+        try:
+            await self.remove_object()
+        except APIError:
+            self.log.warning("could not remove failed container %s", self.object_name, exc_info=True)
+        self.object_id = ""
+
+    async def poll(self):
+        if not self.object_id and not self.docker_host:
+            return 0
+        try:
+            await self.connect(self.docker_host or None, check_rootless=False)
+            status = await super().poll()
+        except SpawnRefused as e:
+            self.log.warning("poll for %s: %s", self.user.name, e)
+            return 1
+        except Exception as e:
+            if is_connection_error(e):
+                self.log.warning("poll for %s: daemon %s does not answer: %s", self.user.name, self.docker_host, e)
+                daemons.pool.discard(self.docker_host)
+                self._connection = None
+                return 1
+            raise
+        if status is not None:
+            # The hub will not call stop() for a dead server: let go of the daemon here.
+            self._disconnect()
+        return status
+
+    async def stop(self, now=False):
+        try:
+            await self.connect(self.docker_host or None, check_rootless=False)
+        except SpawnRefused as e:
+            # Nothing to stop on a daemon that is gone; the workspace is untouched.
+            self.log.warning("stop for %s: %s", self.user.name, e)
+            self.clear_state()
+            self._disconnect()
+            return
+        try:
+            await super().stop(now=now)
+        except Exception as e:
+            if not is_connection_error(e):
+                raise
+            self.log.warning("stop for %s: daemon went away: %s", self.user.name, e)
+            self.clear_state()
+        finally:
+            self._disconnect()
+
+
+def _gpus_label(gpus) -> str:
+    if isinstance(gpus, list):
+        return ",".join(gpus) or "0"
+    return str(gpus)
+
+
+def _merge(dest: dict, src: dict | None) -> None:
+    for key, value in (src or {}).items():
+        if isinstance(value, dict) and isinstance(dest.get(key), dict):
+            _merge(dest[key], value)
+        else:
+            dest[key] = value

@@ -1,0 +1,120 @@
+"""Trait validation and user_options checks on a spawner object (no hub, no daemon)."""
+
+from types import SimpleNamespace
+
+import pytest
+from tornado import web
+from traitlets.config import Config
+
+from rootless_gpu_spawner import RootlessGPUSpawner
+
+
+def make(user_options=None, **config):
+    c = Config()
+    for key, value in config.items():
+        setattr(c.RootlessGPUSpawner, key, value)
+    spawner = RootlessGPUSpawner(config=c, user=SimpleNamespace(name="alice", url="/user/alice/"), _deprecated_db_session=None)
+    spawner.user_options = user_options or {}
+    return spawner
+
+
+def test_defaults():
+    s = make()
+    assert s.docker_host_template == "unix:///run/user/{uid}/docker.sock"
+    assert s.gpus == "all"
+    assert s.mirror_prefixes == ["docker.mirrors.ustc.edu.cn"]
+    assert s.mirror_fallback_to_upstream is True
+    assert s.host_gateway_ip == "10.0.2.2"
+    assert s.workspace_dir == "workspace" and s.workspace_mount == "/workspace"
+    assert s.notebook_dir == "/workspace"
+    assert s.run_as_root is True and s.allow_rootful_daemon is False
+    assert s.host_ip == "127.0.0.1" and s.port == 8888
+    assert s.remove is True
+    assert "--allow-root" in s.get_args()
+
+
+def test_host_ip_ignores_docker_host(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "tcp://203.0.113.9:2375")
+    assert make().host_ip == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "trait, value, words",
+    [
+        ("port", 80, "RootlessGPUSpawner.port=80 is below 1024"),
+        ("gpus", -2, "RootlessGPUSpawner.gpus"),
+        ("gpus", "many", "RootlessGPUSpawner.gpus"),
+        ("mirror_prefixes", ["bad host"], "RootlessGPUSpawner.mirror_prefixes"),
+        ("workspace_mount", "relative", "RootlessGPUSpawner.workspace_mount"),
+        ("workspace_mount", "/", "RootlessGPUSpawner.workspace_mount"),
+    ],
+)
+def test_invalid_config_names_the_trait(trait, value, words):
+    with pytest.raises(Exception) as info:
+        make(**{trait: value})
+    assert words in str(info.value)
+
+
+def test_mirror_prefix_urls_normalised():
+    assert make(mirror_prefixes=["https://mirror.example.org/"]).mirror_prefixes == ["mirror.example.org"]
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({}, {}),
+        ({"image": "python:3"}, {"image": "python:3"}),
+        ({"gpus": 0}, {"gpus": 0}),
+        ({"gpus": "2"}, {"gpus": 2}),
+        ({"gpus": [1, 3]}, {"gpus": ["1", "3"]}),
+    ],
+)
+def test_user_options_ok(options, expected):
+    assert make(options).validated_user_options() == expected
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"cmd": "bash"}, "unknown option"),
+        ({"image": 5}, "must be a string"),
+        ({"gpus": -1}, "negative"),
+        ({"gpus": "lots"}, "not understood"),
+        ({"gpus": {"n": 1}}, "gpus must be"),
+    ],
+)
+def test_user_options_bad(options, words):
+    with pytest.raises(web.HTTPError) as info:
+        make(options).validated_user_options()
+    assert info.value.status_code == 400 and words in info.value.log_message
+
+
+@pytest.mark.parametrize(
+    "ceiling, asked, result",
+    [(2, 1, 1), (2, 2, 2), ([0, 1, 2], ["2"], ["2"]), ([0, 1, 2], 2, ["0", "1"]), (1, 0, 0)],
+)
+def test_gpus_ceiling_allows(ceiling, asked, result):
+    assert make({"gpus": asked}, gpus=ceiling).validated_user_options()["gpus"] == result
+
+
+@pytest.mark.parametrize(
+    "ceiling, asked", [(2, 3), (2, "all"), (1, [0]), ([0, 1], ["3"]), ([0, 1], 3), (0, 1)]
+)
+def test_gpus_ceiling_refuses(ceiling, asked):
+    with pytest.raises(web.HTTPError) as info:
+        make({"gpus": asked}, gpus=ceiling).validated_user_options()
+    assert info.value.status_code == 400
+
+
+async def test_image_not_in_allow_list_is_400():
+    s = make({"image": "evil/miner"}, allowed_images=["python:3"])
+    with pytest.raises(web.HTTPError) as info:
+        await s._resolve_image("evil/miner")
+    assert info.value.status_code == 400
+
+
+async def test_allowed_but_malformed_image_is_400():
+    s = make({"image": "Bad/Name"}, allowed_images="*")
+    with pytest.raises(web.HTTPError) as info:
+        await s._resolve_image("Bad/Name")
+    assert info.value.status_code == 400 and "lowercase" in info.value.jupyterhub_message
