@@ -1,0 +1,1132 @@
+"""Start, stop and inspect one user's rootless Docker daemon, without systemd.
+
+Why this module exists
+----------------------
+Each student's JupyterLab runs on the student's *own* rootless dockerd, so a
+container escape lands in the student's uid, never in root.  The usual way to
+run such a daemon is a systemd *user* service, but our target machines (and
+CI) often have no systemd as PID 1, and an admin wants one command that works
+everywhere.  So this module does by hand what ``dockerd-rootless.sh`` plus
+systemd would do, as plain synchronous Python (stdlib only), usable from an
+admin CLI and from the spawner (in a worker thread).
+
+Layout per user (all decided here, nowhere else):
+
+* runtime dir ``/run/user/UID`` (0700, owned by the user) -- what
+  ``XDG_RUNTIME_DIR`` points to; dockerd puts its exec-root there.
+* socket ``/run/user/UID/docker.sock`` -- ``DOCKER_HOST=unix://...``.
+* pid file ``/run/user/UID/docker.pid`` -- written by dockerd itself (we
+  write it if it did not).  It holds the *host* pid of dockerd: rootlesskit
+  creates user/mount/net namespaces but no pid namespace.
+* rootlesskit pid file ``/run/user/UID/rootless-gpu-rootlesskit.pid`` --
+  the parent we started, so that stop can reap it too.
+* log file ``/run/user/UID/rootless-gpu-daemon.log`` -- stdout/stderr of
+  rootlesskit, the script and dockerd.  It lives in the runtime dir, not in
+  the home, because root can always write there (homes on NFS with
+  root_squash cannot be written by root), it is per boot just like the
+  socket, and it sits next to the socket an admin is debugging.  It is
+  truncated when it grows past ``LOG_MAX_BYTES``.
+
+Security rules (this code runs as root against user-controlled files):
+
+* The runtime dir and the home are writable by the user, who may plant
+  symlinks, FIFOs or hard links there.  Every open is ``O_NOFOLLOW |
+  O_NONBLOCK`` on a directory fd, regular files only; files in the home are
+  reached by walking directory fds with ``O_NOFOLLOW`` so a symlink can never
+  lead root out of the home, even if swapped mid-way.
+* Pid files are user-writable, so a pid read from them is only ever
+  signalled after checking ``/proc/PID`` belongs to that user's uid and has
+  the expected command name.  Otherwise a student could make root kill the
+  hub.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import grp
+import http.client
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+__all__ = [
+    "DaemonError",
+    "DaemonPaths",
+    "daemon_paths",
+    "ensure_runtime_dir",
+    "ensure_user_dir",
+    "merge_daemon_json",
+    "check_tun",
+    "check_subids",
+    "find_binaries",
+    "start_daemon",
+    "stop_daemon",
+    "daemon_status",
+    "ping",
+    "api_get",
+    "CONTRIB_DIRS",
+]
+
+#: Where Debian/Ubuntu (docker.io) and upstream packages put dockerd-rootless.sh.
+CONTRIB_DIRS = ("/usr/share/docker.io/contrib", "/usr/share/docker/contrib")
+#: Searched in addition to $PATH: admins often run us with a reduced PATH.
+EXTRA_BIN_DIRS = ("/usr/sbin", *CONTRIB_DIRS, "/usr/bin", "/usr/local/bin", "/usr/local/sbin", "/sbin", "/bin")
+#: A daemon with fewer subordinate ids cannot unpack ordinary images (they
+#: contain files owned by uid 65534 'nobody' and friends).
+MIN_SUBIDS = 65536
+LOG_MAX_BYTES = 8 * 1024 * 1024
+#: Command names (``/proc/PID/comm``, at most 15 chars) that belong to a
+#: rootless dockerd when run by the user's uid.  Deliberately not generic
+#: container tools (slirp4netns, runc, conmon): the student may run podman
+#: too.  Those, and rootlesskit's child (``/proc/self/exe``, shown as
+#: ``exe``), are only matched through the daemon's user namespace.
+DAEMON_COMMS = frozenset(
+    {
+        "rootlesskit",
+        "dockerd",
+        "dockerd-rootles",  # dockerd-rootless.sh before it execs dockerd (cut at 15)
+        "containerd",
+        "containerd-shim",  # also containerd-shim-runc-v2, comm is cut at 15 chars
+        "docker-proxy",
+    }
+)
+_SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_POLL = 0.2
+
+
+class DaemonError(RuntimeError):
+    """Something prevents a user's rootless daemon from working.
+
+    The message always says what is wrong *and* what an admin can do about
+    it, because it ends up verbatim in the admin CLI and in the spawner's
+    progress messages.
+    """
+
+
+@dataclass(frozen=True)
+class DaemonPaths:
+    """Every path of one user's daemon, derived from the uid only."""
+
+    uid: int
+    runtime_dir: str
+    socket: str
+    pid_file: str
+    rootlesskit_pid_file: str
+    log_file: str
+    lock_file: str
+
+    @property
+    def docker_host(self) -> str:
+        return "unix://" + self.socket
+
+
+def daemon_paths(uid: int) -> DaemonPaths:
+    """Paths of *uid*'s daemon (see the module docstring for why there)."""
+    rd = f"/run/user/{int(uid)}"
+    return DaemonPaths(
+        uid=int(uid),
+        runtime_dir=rd,
+        socket=f"{rd}/docker.sock",
+        pid_file=f"{rd}/docker.pid",
+        rootlesskit_pid_file=f"{rd}/rootless-gpu-rootlesskit.pid",
+        log_file=f"{rd}/rootless-gpu-daemon.log",
+        lock_file=f"{rd}/rootless-gpu-daemon.lock",
+    )
+
+
+# --------------------------------------------------------------------------
+# Safe file helpers (no symlink following, regular files only)
+# --------------------------------------------------------------------------
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _chown_if_root(fd: int, uid: int, gid: int) -> None:
+    if os.geteuid() == 0:
+        os.fchown(fd, uid, gid)
+
+
+def _open_regular(dir_fd: int, name: str, flags: int, mode: int = 0o600, what: str = "") -> int:
+    """Open *name* in *dir_fd* without following symlinks; refuse non-files.
+
+    ``O_NONBLOCK`` keeps a planted FIFO from hanging root; ``fstat`` then
+    refuses anything but a regular file with a single link (a hard link to
+    e.g. /etc/shadow planted by the user would otherwise be read or written).
+    """
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DaemonError(
+                f"{what or name} is a symbolic link; refusing to follow it as root. "
+                f"Remove the link (and put a real file there) to continue."
+            ) from e
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        raise DaemonError(
+            f"{what or name} is not a plain file (mode {oct(st.st_mode)}, {st.st_nlink} links); "
+            f"refusing to use it as root. Remove it to continue."
+        )
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _read_small(dir_fd: int, name: str, limit: int = 1 << 20, what: str = "") -> Optional[bytes]:
+    """Content of a regular file, or None if it does not exist."""
+    try:
+        fd = _open_regular(dir_fd, name, os.O_RDONLY, what=what)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            raise DaemonError(f"{what or name} is larger than {limit} bytes; refusing to read it.")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int = 0o644) -> None:
+    """Write *name* by tmp file + rename, owned by uid:gid.
+
+    rename replaces the directory entry itself, so an existing symlink at
+    *name* is replaced, never followed.
+    """
+    tmp = f".{name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    try:
+        try:
+            os.write(fd, data)
+            _chown_if_root(fd, uid, gid)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+def _write_pid_file(dir_fd: int, name: str, pid: int, uid: int, gid: int) -> None:
+    _atomic_write(dir_fd, name, f"{pid}\n".encode(), uid, gid, 0o644)
+
+
+def _read_pid_file(path: str) -> Optional[int]:
+    d, name = os.path.split(path)
+    try:
+        dfd = os.open(d, _O_DIR)
+    except OSError:
+        return None
+    try:
+        data = _read_small(dfd, name, limit=64, what=path)
+    except (DaemonError, OSError):
+        return None
+    finally:
+        os.close(dfd)
+    if not data:
+        return None
+    try:
+        pid = int(data.strip().split()[0])
+    except (ValueError, IndexError):
+        return None
+    return pid if pid > 1 else None
+
+
+def _walk_dirs(base_fd: int, parts: Iterable[str], uid: int, gid: int, create: bool, shown: str) -> int:
+    """Descend from *base_fd* through *parts* with O_NOFOLLOW, mkdir'ing.
+
+    Returns an fd of the last directory (caller closes).  Created dirs are
+    0700 and owned by the user.  Any symlink met here makes the open fail
+    with ELOOP, which becomes a clear DaemonError.
+    """
+    fd = os.dup(base_fd)
+    path = shown
+    try:
+        for part in parts:
+            if part in ("", "."):
+                continue
+            if part == ".." or "/" in part:
+                raise DaemonError(f"invalid path component {part!r} under {shown}")
+            path = os.path.join(path, part)
+            try:
+                nfd = os.open(part, _O_DIR, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                nfd = os.open(part, _O_DIR, dir_fd=fd)
+                _chown_if_root(nfd, uid, gid)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise DaemonError(
+                        f"{path} is a symbolic link or not a directory; refusing to follow it as root. "
+                        f"Replace it by a real directory owned by the user to continue."
+                    ) from e
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _home_relpath(pw: pwd.struct_passwd, rel: str) -> tuple[str, list[str], str]:
+    """Resolve ``~user/rel`` and make sure it stays inside the home.
+
+    Symlinks *inside* the home (dotfile managers do that) are fine; one that
+    resolves outside it is refused.  Returns (real home, dir components
+    relative to it, file name).  The later descent uses O_NOFOLLOW on the
+    resolved components, so a link swapped in between fails instead of
+    escaping.
+    """
+    home = os.path.realpath(pw.pw_dir)
+    if not os.path.isdir(home):
+        raise DaemonError(f"home directory {pw.pw_dir} of {pw.pw_name} does not exist; create it (useradd -m).")
+    real = os.path.realpath(os.path.join(home, rel))
+    if os.path.commonpath([home, real]) != home or real == home:
+        raise DaemonError(
+            f"~{pw.pw_name}/{rel} resolves to {real}, outside the home {home} (symbolic link); "
+            f"refusing to write there as root. Remove the link to continue."
+        )
+    relreal = os.path.relpath(real, home)
+    parts = relreal.split(os.sep)
+    return home, parts[:-1], parts[-1]
+
+
+def ensure_user_dir(pw: pwd.struct_passwd, rel: str) -> str:
+    """Create ``~user/rel`` (and parents) owned by the user, never via symlinks.
+
+    Used by the testbed (``~/workspace``) and by merge_daemon_json.
+    Returns the real path.
+    """
+    home, parts, last = _home_relpath(pw, rel.rstrip("/") + "/.")
+    # rel + "/." resolves to the dir itself; parts+last are its components
+    comps = parts + ([last] if last not in (".", "") else [])
+    hfd = os.open(home, _O_DIR)
+    try:
+        fd = _walk_dirs(hfd, comps, pw.pw_uid, pw.pw_gid, True, home)
+        os.close(fd)
+    finally:
+        os.close(hfd)
+    return os.path.join(home, *comps)
+
+
+# --------------------------------------------------------------------------
+# Runtime dir and daemon.json
+# --------------------------------------------------------------------------
+
+
+def ensure_runtime_dir(pw: pwd.struct_passwd) -> str:
+    """Create ``/run/user/UID`` owned by the user, mode 0700.
+
+    Without systemd-logind nobody creates it; rootless dockerd refuses to
+    start without a writable ``XDG_RUNTIME_DIR`` and puts its socket there.
+    /run/user itself is root's, so the user cannot swap the directory for a
+    symlink; we still lstat and fix owner/mode without following links.
+    """
+    paths = daemon_paths(pw.pw_uid)
+    os.makedirs("/run/user", mode=0o755, exist_ok=True)
+    try:
+        os.mkdir(paths.runtime_dir, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(paths.runtime_dir)
+    if not stat.S_ISDIR(st.st_mode):
+        raise DaemonError(
+            f"{paths.runtime_dir} exists but is not a directory; remove it so it can be recreated "
+            f"as the runtime dir of {pw.pw_name}."
+        )
+    if (st.st_uid, st.st_gid) != (pw.pw_uid, pw.pw_gid):
+        if os.geteuid() != 0:
+            raise DaemonError(
+                f"{paths.runtime_dir} is owned by uid {st.st_uid}, not {pw.pw_uid}; "
+                f"run as root: chown {pw.pw_uid}:{pw.pw_gid} {paths.runtime_dir}"
+            )
+        os.chown(paths.runtime_dir, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(paths.runtime_dir, 0o700)
+    return paths.runtime_dir
+
+
+def merge_daemon_json(
+    pw: pwd.struct_passwd,
+    registry_mirrors: Optional[list[str]] = None,
+    insecure_registries: Optional[list[str]] = None,
+) -> bool:
+    """Merge our keys into ``~user/.config/docker/daemon.json``; return changed.
+
+    A rootless dockerd reads this file, not /etc/docker/daemon.json, so the
+    mirror/insecure-registry policy of the site has to be put there.  Keys we
+    do not manage are kept (the student may have set e.g. "features").  For
+    our keys the admin's value wins: a list replaces the old value, an empty
+    list removes the key, None leaves it alone.  Nothing is written when the
+    content would not change (no mtime churn, no .bak rotation).  When it
+    changes, the previous file is kept as ``daemon.json.bak``.  The daemon
+    only reads the file at start, so callers restart it when this returns
+    True.  Runs as root on the user's home: homes on NFS with root_squash
+    need this done as the user instead.
+    """
+    rel = ".config/docker/daemon.json"
+    home, parts, name = _home_relpath(pw, rel)
+    shown = os.path.join(home, *parts, name)
+    hfd = os.open(home, _O_DIR)
+    try:
+        dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, True, home)
+    finally:
+        os.close(hfd)
+    try:
+        old_bytes = _read_small(dfd, name, what=shown)
+        if old_bytes is not None:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if st.st_uid not in (pw.pw_uid, 0):
+                raise DaemonError(
+                    f"{shown} is owned by uid {st.st_uid}, neither {pw.pw_name} nor root; refusing to use it. "
+                    f"Remove it to continue."
+                )
+            try:
+                old = json.loads(old_bytes.decode("utf-8")) if old_bytes.strip() else {}
+            except (UnicodeDecodeError, ValueError) as e:
+                raise DaemonError(
+                    f"{shown} is not valid JSON ({e.__class__.__name__}); fix it or move it away "
+                    f"(the daemon would not start with it either)."
+                ) from None
+            if not isinstance(old, dict):
+                raise DaemonError(f"{shown} does not hold a JSON object; fix it or move it away.")
+        else:
+            old = {}
+        new = dict(old)
+        for key, value in (("registry-mirrors", registry_mirrors), ("insecure-registries", insecure_registries)):
+            if value is None:
+                continue
+            value = [str(v) for v in value]
+            if value:
+                new[key] = value
+            else:
+                new.pop(key, None)
+        if new == old and (old_bytes is not None or not new):
+            return False
+        if old_bytes is not None:
+            _atomic_write(dfd, name + ".bak", old_bytes, pw.pw_uid, pw.pw_gid, 0o644)
+        _atomic_write(dfd, name, (json.dumps(new, indent=2) + "\n").encode(), pw.pw_uid, pw.pw_gid, 0o644)
+        return True
+    finally:
+        os.close(dfd)
+
+
+# --------------------------------------------------------------------------
+# Preconditions
+# --------------------------------------------------------------------------
+
+
+def _user_gids(pw: pwd.struct_passwd) -> set[int]:
+    gids = {pw.pw_gid}
+    try:
+        gids.update(g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem)
+    except OSError:
+        pass
+    return gids
+
+
+def check_tun(pw: pwd.struct_passwd, path: str = "/dev/net/tun") -> None:
+    """slirp4netns opens /dev/net/tun as the user; check the user may.
+
+    It is 0666 on ordinary distributions but 0600 on some minimal VMs and
+    containers; we only diagnose, changing device modes is the admin's call.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DaemonError(
+            f"{path} does not exist; rootless networking (slirp4netns) needs the tun device: "
+            f"load the module (modprobe tun) or create it (mknod {path} c 10 200 && chmod 666 {path})."
+        ) from None
+    if not stat.S_ISCHR(st.st_mode):
+        raise DaemonError(f"{path} is not a character device; recreate it: mknod {path} c 10 200 && chmod 666 {path}")
+    m = stat.S_IMODE(st.st_mode)
+    ok = (m & 0o006) == 0o006
+    ok = ok or (st.st_uid == pw.pw_uid and (m & 0o600) == 0o600)
+    ok = ok or (st.st_gid in _user_gids(pw) and (m & 0o060) == 0o060)
+    if not ok:
+        raise DaemonError(
+            f"{path} (mode {oct(m)}, owner {st.st_uid}:{st.st_gid}) is not read/writable by {pw.pw_name}; "
+            f"slirp4netns needs it. Fix as root: chmod 666 {path} (the default on ordinary distributions)."
+        )
+
+
+def _subid_ranges(path: str, pw: pwd.struct_passwd) -> list[tuple[int, int]]:
+    out = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                bits = line.strip().split(":")
+                if len(bits) != 3 or bits[0] not in (pw.pw_name, str(pw.pw_uid)):
+                    continue
+                try:
+                    out.append((int(bits[1]), int(bits[2])))
+                except ValueError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def check_subids(pw: pwd.struct_passwd) -> None:
+    """rootlesskit maps the user's subordinate uid/gid ranges into the
+    daemon's user namespace (via setuid newuidmap); without them image
+    layers with other owners cannot be unpacked."""
+    for path, kind in (("/etc/subuid", "uids"), ("/etc/subgid", "gids")):
+        total = sum(c for _, c in _subid_ranges(path, pw))
+        if total < MIN_SUBIDS:
+            start = 100000 + pw.pw_uid * MIN_SUBIDS  # only a suggestion
+            raise DaemonError(
+                f"{pw.pw_name} has {total} subordinate {kind} in {path}, needs at least {MIN_SUBIDS}; "
+                f"add a free range as root, e.g. usermod --add-subuids {start}-{start + MIN_SUBIDS - 1} "
+                f"--add-subgids {start}-{start + MIN_SUBIDS - 1} {pw.pw_name} (check it overlaps no other user)."
+            )
+
+
+def _search_dirs() -> list[str]:
+    dirs = [d for d in os.environ.get("PATH", "").split(":") if d]
+    for d in EXTRA_BIN_DIRS:
+        if d not in dirs:
+            dirs.append(d)
+    return dirs
+
+
+def _which(name: str, dirs: list[str]) -> Optional[str]:
+    for d in dirs:
+        p = os.path.join(d, name)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def find_binaries() -> dict[str, str]:
+    """Locate what a rootless daemon needs; DaemonError names the package.
+
+    Debian keeps dockerd in /usr/sbin and the script in a contrib dir that is
+    never on PATH, hence the extra search dirs.
+    """
+    dirs = _search_dirs()
+    need = {
+        "rootlesskit": "rootlesskit (Debian package 'rootlesskit')",
+        "dockerd-rootless.sh": "dockerd-rootless.sh (Debian package 'docker.io', in /usr/share/docker.io/contrib)",
+        "dockerd": "dockerd (Debian package 'docker.io')",
+        "slirp4netns": "slirp4netns (Debian package 'slirp4netns')",
+        "newuidmap": "newuidmap (Debian package 'uidmap')",
+        "newgidmap": "newgidmap (Debian package 'uidmap')",
+    }
+    found, missing = {}, []
+    for name, hint in need.items():
+        p = _which(name, dirs)
+        if p is None:
+            missing.append(hint)
+        else:
+            found[name] = p
+    if missing:
+        raise DaemonError("not found: " + "; ".join(missing) + ". Install them (apt-get install docker.io rootlesskit slirp4netns uidmap).")
+    for name in ("newuidmap", "newgidmap"):
+        if not os.stat(found[name]).st_mode & stat.S_ISUID:
+            raise DaemonError(f"{found[name]} is not setuid root; reinstall package 'uidmap' (or chmod u+s {found[name]}).")
+    return found
+
+
+# --------------------------------------------------------------------------
+# Talking to the daemon
+# --------------------------------------------------------------------------
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self._socket_path)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+
+
+def api_get(socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 << 20) -> tuple[int, bytes]:
+    """GET *path* from the Docker API on *socket_path*; (status, body).
+
+    stdlib only on purpose: the admin CLI must work before docker-py is
+    importable, and each call is a fresh connection (no pooling state in a
+    long-running hub).
+    """
+    conn = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        conn.request("GET", path, headers={"Host": "docker"})
+        resp = conn.getresponse()
+        body = resp.read(limit)
+        return resp.status, body
+    finally:
+        conn.close()
+
+
+def ping(socket_path: str, timeout: float = 2.0) -> bool:
+    """True when something answers ``GET /_ping`` with 200 "OK" on the socket."""
+    try:
+        status, body = api_get(socket_path, "/_ping", timeout=timeout, limit=64)
+    except (OSError, http.client.HTTPException):
+        return False
+    return status == 200 and body.strip() == b"OK"
+
+
+# --------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------
+
+
+def _proc_uid(pid: int) -> Optional[int]:
+    """Real uid of *pid* as the host sees it, None if gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _proc_comm(pid: int) -> Optional[str]:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _proc_is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _proc_userns(pid: int) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/user")
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}") and not _proc_is_zombie(pid)
+
+
+def _owned_pid(pid: Optional[int], uid: int, comms: Iterable[str]) -> Optional[int]:
+    """*pid* if it is alive, runs as *uid* and has one of *comms*; else None."""
+    if not pid or not _alive(pid):
+        return None
+    if _proc_uid(pid) != uid:
+        return None
+    return pid if _proc_comm(pid) in set(comms) else None
+
+
+def _all_pids() -> list[int]:
+    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+
+
+def _find_procs(uid: int, comms: Iterable[str]) -> list[int]:
+    comms = set(comms)
+    return [p for p in _all_pids() if _proc_uid(p) == uid and _proc_comm(p) in comms and not _proc_is_zombie(p)]
+
+
+def _reap(pids: Iterable[int]) -> None:
+    """Collect our own children so they do not linger as zombies."""
+    for p in pids:
+        try:
+            os.waitpid(p, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        except OSError:
+            pass
+
+
+def _daemon_procs(uid: int, userns: set[str]) -> list[int]:
+    """Processes that belong to *uid*'s daemon: known command names run by
+    the uid, plus anything (also container processes running as subuids) in
+    the daemon's user namespace.  User logins (ssh, cron) of the same uid are
+    in the initial namespace and not matched, so they survive a stop."""
+    me = os.getpid()
+    out = []
+    for p in _all_pids():
+        if p == me or _proc_is_zombie(p):
+            continue
+        ns = _proc_userns(p)
+        if ns and ns in userns:
+            out.append(p)
+            continue
+        if _proc_uid(p) == uid and _proc_comm(p) in DAEMON_COMMS:
+            out.append(p)
+    return out
+
+
+def _signal_all(pids: Iterable[int], sig: int) -> int:
+    n = 0
+    for p in pids:
+        try:
+            os.kill(p, sig)
+            n += 1
+        except ProcessLookupError:
+            pass
+    return n
+
+
+def _wait_gone(pids: Iterable[int], deadline: float) -> list[int]:
+    pids = list(pids)
+    while True:
+        _reap(pids)
+        left = [p for p in pids if _alive(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(_POLL)
+
+
+# --------------------------------------------------------------------------
+# Start / stop / status
+# --------------------------------------------------------------------------
+
+
+def _log_tail(path: str, start: int = 0, lines: int = 20) -> str:
+    try:
+        d, name = os.path.split(path)
+        dfd = os.open(d, _O_DIR)
+        try:
+            fd = _open_regular(dfd, name, os.O_RDONLY, what=path)
+        finally:
+            os.close(dfd)
+        with os.fdopen(fd, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(start, size - 64 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except (OSError, DaemonError) as e:
+        return f"(cannot read {path}: {e})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _open_log(paths: DaemonPaths, pw: pwd.struct_passwd) -> tuple[int, int]:
+    """Open (create) the log in the runtime dir for appending; (fd, offset)."""
+    dfd = os.open(paths.runtime_dir, _O_DIR)
+    try:
+        name = os.path.basename(paths.log_file)
+        fd = _open_regular(dfd, name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, what=paths.log_file)
+    finally:
+        os.close(dfd)
+    _chown_if_root(fd, pw.pw_uid, pw.pw_gid)
+    if os.fstat(fd).st_size > LOG_MAX_BYTES:
+        os.ftruncate(fd, 0)
+    offset = os.lseek(fd, 0, os.SEEK_END)
+    os.write(fd, f"\n===== rootless-gpu-spawner: starting daemon for {pw.pw_name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} =====\n".encode())
+    return fd, offset
+
+
+class _Lock:
+    """flock on a file in the runtime dir, bounded wait.
+
+    Serialises concurrent start/stop for the same user (the hub spawning
+    while an admin runs the CLI).  The file is in the user's dir, so the
+    user could hold it: that only blocks their own daemon until timeout.
+    """
+
+    def __init__(self, paths: DaemonPaths, pw: pwd.struct_passwd, timeout: float):
+        self.paths, self.pw, self.timeout, self.fd = paths, pw, timeout, -1
+
+    def __enter__(self) -> "_Lock":
+        dfd = os.open(self.paths.runtime_dir, _O_DIR)
+        try:
+            self.fd = _open_regular(dfd, os.path.basename(self.paths.lock_file), os.O_RDWR | os.O_CREAT, 0o600, what=self.paths.lock_file)
+        finally:
+            os.close(dfd)
+        _chown_if_root(self.fd, self.pw.pw_uid, self.pw.pw_gid)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    raise DaemonError(
+                        f"another start/stop of {self.pw.pw_name}'s daemon holds {self.paths.lock_file} "
+                        f"for more than {self.timeout:.0f}s; wait for it or find it with: fuser {self.paths.lock_file}"
+                    ) from None
+                time.sleep(_POLL)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+
+
+def _running_dockerd(paths: DaemonPaths) -> Optional[int]:
+    """Pid of the user's dockerd: from docker.pid if valid, else by /proc scan."""
+    pid = _owned_pid(_read_pid_file(paths.pid_file), paths.uid, ("dockerd",))
+    if pid:
+        return pid
+    found = _find_procs(paths.uid, ("dockerd",))
+    return min(found) if found else None
+
+
+def _unlink_in(dir_path: str, names: Iterable[str]) -> None:
+    try:
+        dfd = os.open(dir_path, _O_DIR)
+    except OSError:
+        return
+    try:
+        for n in names:
+            try:
+                os.unlink(n, dir_fd=dfd)  # unlink never follows a symlink
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                pass
+    finally:
+        os.close(dfd)
+
+
+def _child_env(pw: pwd.struct_passwd, paths: DaemonPaths, bins: dict[str, str], gpu_stub_dir: Optional[str]) -> dict[str, str]:
+    """A clean environment: nothing of root's (DOCKER_HOST, proxies, PYTHON*)
+    leaks into the user's daemon."""
+    path = []
+    if gpu_stub_dir:
+        path.append(gpu_stub_dir)
+    for d in [*(os.path.dirname(p) for p in bins.values()), *_SAFE_PATH.split(":")]:
+        if d not in path:
+            path.append(d)
+    env = {
+        "HOME": pw.pw_dir,
+        "USER": pw.pw_name,
+        "LOGNAME": pw.pw_name,
+        "SHELL": pw.pw_shell or "/bin/sh",
+        "PATH": ":".join(path),
+        "XDG_RUNTIME_DIR": paths.runtime_dir,
+        "LANG": "C.UTF-8",
+        # dockerd-rootless.sh takes its "child" branch (just exec dockerd)
+        # because we run rootlesskit ourselves with our own flags.
+        "_DOCKERD_ROOTLESS_CHILD": "1",
+    }
+    return env
+
+
+def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, timeout: float = 60) -> int:
+    """Start *pw*'s rootless dockerd unless it already answers; return its pid.
+
+    We run rootlesskit ourselves instead of plain ``dockerd-rootless.sh``
+    because Debian's 20.10 script hard-codes ``--disable-host-loopback``,
+    and containers must reach the hub on the host's loopback (as 10.0.2.2,
+    slirp4netns' gateway).  *gpu_stub_dir* is put first on the daemon's PATH:
+    dockerd registers its NVIDIA device driver when it finds
+    ``nvidia-container-runtime-hook`` there at start (a real one on GPU
+    hosts, an ``exit 0`` stub on a *simulated GPU host*).
+
+    Raises DaemonError with a fix (tun device, subuids, missing packages) or
+    with the last lines of the log when the daemon dies or does not answer
+    within *timeout* seconds (a timed-out start is torn down again).
+    """
+    deadline = time.monotonic() + timeout
+    uid, gid = pw.pw_uid, pw.pw_gid
+    paths = daemon_paths(uid)
+    if os.geteuid() not in (0, uid):
+        raise DaemonError(f"starting the daemon of {pw.pw_name} needs root (or to be {pw.pw_name}); run as root.")
+    if uid == 0:
+        raise DaemonError("refusing to start a rootless daemon for root; use a normal user.")
+    if gpu_stub_dir is not None:
+        hook = os.path.join(gpu_stub_dir, "nvidia-container-runtime-hook")
+        if not (os.path.isfile(hook) and os.access(hook, os.X_OK)):
+            raise DaemonError(f"gpu_stub_dir {gpu_stub_dir} has no executable nvidia-container-runtime-hook.")
+    ensure_runtime_dir(pw)
+    with _Lock(paths, pw, max(1.0, deadline - time.monotonic())):
+        # Idempotence: a daemon that answers is kept as is.
+        pid = _running_dockerd(paths)
+        if pid and ping(paths.socket):
+            if _read_pid_file(paths.pid_file) != pid:
+                dfd = os.open(paths.runtime_dir, _O_DIR)
+                try:
+                    _write_pid_file(dfd, os.path.basename(paths.pid_file), pid, uid, gid)
+                finally:
+                    os.close(dfd)
+            return pid
+        if pid:
+            # Alive but not (yet) answering: maybe still starting elsewhere.
+            while time.monotonic() < deadline and _alive(pid):
+                if ping(paths.socket):
+                    return pid
+                time.sleep(_POLL)
+            raise DaemonError(
+                f"dockerd of {pw.pw_name} (pid {pid}) is running but does not answer on {paths.socket}; "
+                f"stop it (rootless-gpu-admin stop-daemon {pw.pw_name}) and start again. Log: {paths.log_file}\n"
+                + _log_tail(paths.log_file)
+            )
+        if ping(paths.socket):
+            raise DaemonError(
+                f"something answers on {paths.socket} but no dockerd of uid {uid} runs; "
+                f"find it with: fuser {paths.socket}"
+            )
+        leftovers = _find_procs(uid, ("rootlesskit",))
+        if leftovers:
+            raise DaemonError(
+                f"rootlesskit of {pw.pw_name} still runs (pids {leftovers}) without a dockerd; "
+                f"stop it first (rootless-gpu-admin stop-daemon {pw.pw_name})."
+            )
+
+        check_tun(pw)
+        check_subids(pw)
+        bins = find_binaries()
+        # Stale files of a crashed daemon would make dockerd refuse to start
+        # ("pid file found, ensure docker is not running").
+        _unlink_in(paths.runtime_dir, [os.path.basename(paths.socket), os.path.basename(paths.pid_file),
+                                       os.path.basename(paths.rootlesskit_pid_file)])
+
+        cmd = [
+            bins["rootlesskit"],
+            "--net=slirp4netns",
+            "--mtu=65520",
+            "--slirp4netns-sandbox=auto",
+            "--slirp4netns-seccomp=auto",
+            "--port-driver=builtin",
+            "--copy-up=/etc",
+            "--copy-up=/run",
+            "--propagation=rslave",
+            f"--state-dir={paths.runtime_dir}/dockerd-rootless",
+            bins["dockerd-rootless.sh"],
+        ]
+        if os.geteuid() == 0:
+            setpriv = shutil.which("setpriv", path=":".join(_search_dirs()))
+            if not setpriv:
+                raise DaemonError("setpriv not found (Debian package 'util-linux'); it drops root to the user.")
+            cmd = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--init-groups", *cmd]
+        # A killed rootlesskit leaves sockets in its state dir; start clean.
+        _rm_stale_state_dir(paths)
+        logfd, offset = _open_log(paths, pw)
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=logfd,
+                stderr=logfd,
+                env=_child_env(pw, paths, bins, gpu_stub_dir),
+                cwd="/",
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            os.close(logfd)
+        dfd = os.open(paths.runtime_dir, _O_DIR)
+        try:
+            _write_pid_file(dfd, os.path.basename(paths.rootlesskit_pid_file), proc.pid, uid, gid)
+        finally:
+            os.close(dfd)
+
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                raise DaemonError(
+                    f"rootless dockerd of {pw.pw_name} exited with code {rc} before answering on {paths.socket}. "
+                    f"Last lines of {paths.log_file}:\n" + _log_tail(paths.log_file, offset)
+                )
+            if os.path.exists(paths.socket) and ping(paths.socket, timeout=1.0):
+                break
+            if time.monotonic() >= deadline:
+                tail = _log_tail(paths.log_file, offset)
+                _stop_locked(pw, paths, 10.0)
+                raise DaemonError(
+                    f"rootless dockerd of {pw.pw_name} did not answer on {paths.socket} within {timeout:.0f}s "
+                    f"(stopped again). Last lines of {paths.log_file}:\n" + tail
+                )
+            time.sleep(_POLL)
+
+        pid = _owned_pid(_read_pid_file(paths.pid_file), uid, ("dockerd",))
+        if not pid:
+            found = _find_procs(uid, ("dockerd",))
+            if not found:
+                raise DaemonError(f"{paths.socket} answers but no dockerd of uid {uid} was found; see {paths.log_file}")
+            pid = min(found)
+            dfd = os.open(paths.runtime_dir, _O_DIR)
+            try:
+                _write_pid_file(dfd, os.path.basename(paths.pid_file), pid, uid, gid)
+            finally:
+                os.close(dfd)
+        return pid
+
+
+def _rm_stale_state_dir(paths: DaemonPaths) -> None:
+    """Empty rootlesskit's state dir left by a killed instance (only files
+    directly in it; it holds sockets, pid and lock files)."""
+    sd = os.path.join(paths.runtime_dir, "dockerd-rootless")
+    try:
+        st = os.lstat(sd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        _unlink_in(paths.runtime_dir, ["dockerd-rootless"])
+        return
+    try:
+        names = os.listdir(sd)
+    except OSError:
+        return
+    _unlink_in(sd, names[:100])
+
+
+def _stop_locked(pw: pwd.struct_passwd, paths: DaemonPaths, timeout: float) -> bool:
+    uid = pw.pw_uid
+    deadline = time.monotonic() + timeout
+    dockerd = _running_dockerd(paths)
+    rk = _owned_pid(_read_pid_file(paths.rootlesskit_pid_file), uid, ("rootlesskit",))
+    rks = set(_find_procs(uid, ("rootlesskit",)))
+    if rk:
+        rks.add(rk)
+    # User namespaces of the daemon: rootlesskit's child and dockerd live in
+    # one that is not the initial namespace; containers inherit it.
+    init_ns = _proc_userns(1)
+    userns = set()
+    for p in [dockerd, *rks, *_find_procs(uid, DAEMON_COMMS)]:
+        if p:
+            ns = _proc_userns(p)
+            if ns and ns != init_ns and ns != _proc_userns(os.getpid()):
+                userns.add(ns)
+    stopped = False
+    # 1. dockerd first, gracefully: it stops containers and unmounts.
+    if dockerd:
+        stopped |= _signal_all([dockerd], signal.SIGTERM) > 0
+        _wait_gone([dockerd], min(deadline, time.monotonic() + max(1.0, timeout * 0.6)))
+    # 2. rootlesskit (normally gone already, it exits with its child).
+    if rks:
+        stopped |= _signal_all(rks, signal.SIGTERM) > 0
+        _wait_gone(rks, min(deadline, time.monotonic() + 3.0))
+    # 3. whatever is left of it: TERM, bounded wait, KILL.
+    #    The KILL wait is not cut by the caller's timeout: we must not return
+    #    while daemon processes remain.
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        left = _daemon_procs(uid, userns)
+        if not left:
+            break
+        stopped |= _signal_all(left, sig) > 0
+        now = time.monotonic()
+        _wait_gone(left, now + grace if sig == signal.SIGKILL else max(now + 0.5, min(deadline, now + grace)))
+    left = _daemon_procs(uid, userns)
+    if left:
+        raise DaemonError(
+            f"processes of {pw.pw_name}'s daemon survived SIGKILL: {left}; check them with ps -o pid,stat,comm -p "
+            + ",".join(map(str, left))
+        )
+    _unlink_in(paths.runtime_dir, [os.path.basename(paths.socket), os.path.basename(paths.pid_file),
+                                   os.path.basename(paths.rootlesskit_pid_file)])
+    _rm_stale_state_dir(paths)
+    return stopped
+
+
+def stop_daemon(pw: pwd.struct_passwd, timeout: float = 30) -> bool:
+    """Stop *pw*'s daemon and everything it started; True if anything ran.
+
+    Idempotent.  dockerd gets SIGTERM first (it stops containers and
+    unmounts cleanly), then leftovers -- rootlesskit, slirp4netns,
+    containerd, shims and container processes in the daemon's user
+    namespace -- get SIGTERM and finally SIGKILL, each wait bounded.  Other
+    processes of the user (an ssh login) are left alone.  Stale socket and
+    pid files are removed so the next start is clean.
+    """
+    if os.geteuid() not in (0, pw.pw_uid):
+        raise DaemonError(f"stopping the daemon of {pw.pw_name} needs root; run as root.")
+    paths = daemon_paths(pw.pw_uid)
+    if not os.path.isdir(paths.runtime_dir) or os.path.islink(paths.runtime_dir):
+        # Nothing of ours can run without the runtime dir; still sweep by name.
+        left = _find_procs(pw.pw_uid, DAEMON_COMMS)
+        if not left:
+            return False
+        ensure_runtime_dir(pw)
+    with _Lock(paths, pw, timeout):
+        return _stop_locked(pw, paths, timeout)
+
+
+def daemon_status(pw: pwd.struct_passwd, timeout: float = 5.0) -> dict:
+    """What an admin (and the spawner) needs to know about the daemon.
+
+    Keys: user, uid, running (answers /_ping), pid, rootlesskit_pid, socket,
+    docker_host, socket_exists, socket_uid, rootless (the daemon says
+    ``name=rootless`` in SecurityOptions: proves it is *not* the rootful
+    daemon), server_version, api_version, cgroup_driver, log_file, error
+    (None or a sentence).  Never raises for daemon problems.
+    """
+    paths = daemon_paths(pw.pw_uid)
+    st: dict = {
+        "user": pw.pw_name,
+        "uid": pw.pw_uid,
+        "running": False,
+        "pid": None,
+        "rootlesskit_pid": None,
+        "socket": paths.socket,
+        "docker_host": paths.docker_host,
+        "socket_exists": False,
+        "socket_uid": None,
+        "rootless": None,
+        "server_version": None,
+        "api_version": None,
+        "cgroup_driver": None,
+        "log_file": paths.log_file,
+        "error": None,
+    }
+    st["pid"] = _running_dockerd(paths)
+    st["rootlesskit_pid"] = _owned_pid(_read_pid_file(paths.rootlesskit_pid_file), pw.pw_uid, ("rootlesskit",))
+    try:
+        s = os.lstat(paths.socket)
+        st["socket_exists"] = stat.S_ISSOCK(s.st_mode)
+        st["socket_uid"] = s.st_uid
+    except FileNotFoundError:
+        st["error"] = f"no socket {paths.socket}: the daemon of {pw.pw_name} is not started (rootless-gpu-admin start-daemon {pw.pw_name})"
+        return st
+    except OSError as e:
+        st["error"] = f"cannot stat {paths.socket}: {e}"
+        return st
+    if not st["socket_exists"]:
+        st["error"] = f"{paths.socket} is not a socket"
+        return st
+    if st["socket_uid"] != pw.pw_uid:
+        st["error"] = f"{paths.socket} is owned by uid {st['socket_uid']}, not {pw.pw_uid}; refusing to trust it"
+        return st
+    st["running"] = ping(paths.socket, timeout=min(timeout, 2.0))
+    if not st["running"]:
+        st["error"] = f"{paths.socket} exists but does not answer /_ping (stale? restart the daemon). Log: {paths.log_file}"
+        return st
+    try:
+        code, body = api_get(paths.socket, "/info", timeout=timeout)
+        info = json.loads(body) if code == 200 else {}
+        code, body = api_get(paths.socket, "/version", timeout=timeout)
+        ver = json.loads(body) if code == 200 else {}
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        st["error"] = f"/info or /version failed: {e}"
+        return st
+    sec = info.get("SecurityOptions") or []
+    st["rootless"] = any("name=rootless" in str(o) for o in sec)
+    st["server_version"] = ver.get("Version") or info.get("ServerVersion")
+    st["api_version"] = ver.get("ApiVersion")
+    st["cgroup_driver"] = info.get("CgroupDriver")
+    if not st["rootless"]:
+        st["error"] = f"the daemon on {paths.socket} is NOT rootless (SecurityOptions {sec}); do not use it"
+    return st

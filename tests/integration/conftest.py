@@ -1,0 +1,74 @@
+"""Fixtures for the integration suite: the real rootless testbed and a real JupyterHub."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import docker
+import pytest
+
+from .hub import Hub
+
+TESTBED_JSON = Path("/run/rootless-gpu-spawner-testbed/testbed.json")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def testbed():
+    if not TESTBED_JSON.exists():
+        message = (
+            f"no testbed ({TESTBED_JSON} missing): run 'python -m tests.testbed up' as root "
+            "(scripts/test.sh does it)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)  # the integration suite must run in CI, never be skipped
+        pytest.skip(message)
+    return json.loads(TESTBED_JSON.read_text())
+
+
+@pytest.fixture(scope="session")
+def daemons(testbed):
+    """docker-py clients on each test user's daemon (the test itself talks to them as root)."""
+    clients = {
+        name: docker.DockerClient(base_url=u["docker_host"], timeout=60)
+        for name, u in testbed["users"].items()
+        if u.get("daemon", True) and u.get("docker_host") and os.path.exists(u["docker_host"][7:])
+    }
+    yield clients
+    for c in clients.values():
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def hub(testbed, tmp_path_factory):
+    users = list(testbed["users"])
+    config = f"""
+    c.RootlessGPUSpawner.image = {testbed['local_image']!r}
+    c.RootlessGPUSpawner.allowed_images = [{testbed['local_image']!r}, {testbed['mirror_image_short']!r}]
+    c.RootlessGPUSpawner.pull_policy = "ifnotpresent"
+    # The local registry plays the Docker Hub mirror; never fall back to the internet in a test.
+    c.RootlessGPUSpawner.mirror_prefixes = [{testbed['registry_from_daemon']!r}]
+    c.RootlessGPUSpawner.mirror_fallback_to_upstream = False
+    """
+    workdir = tmp_path_factory.mktemp("hub")
+    h = Hub(workdir, config, users)
+    try:
+        h.start()
+        yield h
+    finally:
+        h.stop()
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / f"jupyterhub-{workdir.name}.log").write_text(h.log_tail(100000))
+
+
+def containers_of(client, hub_user=None):
+    filters = {"label": "org.rootless-gpu-spawner.hub-user" + (f"={hub_user}" if hub_user else "")}
+    return client.containers.list(all=True, filters=filters)

@@ -1,0 +1,173 @@
+"""Unit tests for the pure, file-level parts of rootless_gpu_spawner.daemonctl.
+
+They use a fake passwd entry for the current uid whose home is a tmp dir, so
+they run as root or as a normal user, without any daemon.
+"""
+
+import json
+import os
+import pwd
+import stat
+
+import pytest
+
+from rootless_gpu_spawner import daemonctl
+from rootless_gpu_spawner.daemonctl import DaemonError
+
+
+@pytest.fixture
+def pw(tmp_path):
+    home = tmp_path / "home" / "student"
+    home.mkdir(parents=True)
+    real = pwd.getpwuid(os.getuid())
+    return pwd.struct_passwd(
+        (real.pw_name, "x", os.getuid(), os.getgid(), "", str(home), "/bin/sh")
+    )
+
+
+def cfg(pw):
+    return os.path.join(pw.pw_dir, ".config", "docker", "daemon.json")
+
+
+def test_daemon_paths():
+    p = daemonctl.daemon_paths(1234)
+    assert p.runtime_dir == "/run/user/1234"
+    assert p.socket == "/run/user/1234/docker.sock"
+    assert p.pid_file == "/run/user/1234/docker.pid"
+    assert p.docker_host == "unix:///run/user/1234/docker.sock"
+    assert p.log_file.startswith("/run/user/1234/")
+
+
+def test_creates_file_and_dirs(pw):
+    assert daemonctl.merge_daemon_json(pw, insecure_registries=["10.0.2.2:5000"]) is True
+    assert json.load(open(cfg(pw))) == {"insecure-registries": ["10.0.2.2:5000"]}
+    d = os.path.dirname(cfg(pw))
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    assert os.stat(cfg(pw)).st_uid == pw.pw_uid
+    assert not os.path.exists(cfg(pw) + ".bak")  # nothing to back up
+
+
+def test_keeps_foreign_keys_and_backs_up(pw):
+    os.makedirs(os.path.dirname(cfg(pw)))
+    old = {"features": {"buildkit": True}, "registry-mirrors": ["http://old:5000"], "debug": False}
+    with open(cfg(pw), "w") as f:
+        json.dump(old, f)
+    assert daemonctl.merge_daemon_json(
+        pw, registry_mirrors=["http://10.0.2.2:5000"], insecure_registries=["10.0.2.2:5000"]
+    )
+    new = json.load(open(cfg(pw)))
+    assert new == {
+        "features": {"buildkit": True},
+        "registry-mirrors": ["http://10.0.2.2:5000"],
+        "debug": False,
+        "insecure-registries": ["10.0.2.2:5000"],
+    }
+    assert json.load(open(cfg(pw) + ".bak")) == old
+    # no temp files left behind
+    assert sorted(os.listdir(os.path.dirname(cfg(pw)))) == ["daemon.json", "daemon.json.bak"]
+
+
+def test_no_write_when_unchanged(pw):
+    assert daemonctl.merge_daemon_json(pw, insecure_registries=["10.0.2.2:5000"])
+    st1 = os.stat(cfg(pw))
+    assert daemonctl.merge_daemon_json(pw, insecure_registries=["10.0.2.2:5000"]) is False
+    st2 = os.stat(cfg(pw))
+    assert (st1.st_ino, st1.st_mtime_ns) == (st2.st_ino, st2.st_mtime_ns)
+    assert not os.path.exists(cfg(pw) + ".bak")
+    # None leaves a key alone; nothing requested and no file: no file created
+    assert daemonctl.merge_daemon_json(pw) is False
+
+
+def test_no_file_created_when_nothing_to_set(pw):
+    assert daemonctl.merge_daemon_json(pw) is False
+    assert not os.path.exists(cfg(pw))
+
+
+def test_empty_list_removes_key(pw):
+    daemonctl.merge_daemon_json(pw, registry_mirrors=["http://a"], insecure_registries=["b"])
+    assert daemonctl.merge_daemon_json(pw, registry_mirrors=[]) is True
+    assert json.load(open(cfg(pw))) == {"insecure-registries": ["b"]}
+
+
+def test_refuses_symlinked_file_out_of_home(pw, tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"keep": 1}')
+    os.makedirs(os.path.dirname(cfg(pw)))
+    os.symlink(outside, cfg(pw))
+    with pytest.raises(DaemonError, match="outside the home"):
+        daemonctl.merge_daemon_json(pw, insecure_registries=["x"])
+    assert outside.read_text() == '{"keep": 1}'
+    assert os.path.islink(cfg(pw))
+
+
+def test_refuses_symlinked_dir_out_of_home(pw, tmp_path):
+    outside = tmp_path / "etc-like"
+    outside.mkdir()
+    os.symlink(outside, os.path.join(pw.pw_dir, ".config"))
+    with pytest.raises(DaemonError, match="outside the home"):
+        daemonctl.merge_daemon_json(pw, insecure_registries=["x"])
+    assert os.listdir(outside) == []
+
+
+def test_symlink_inside_home_is_followed(pw):
+    # dotfile managers link ~/.config to a dir inside the home: that is fine
+    real = os.path.join(pw.pw_dir, "dotfiles", "config")
+    os.makedirs(real)
+    os.symlink(real, os.path.join(pw.pw_dir, ".config"))
+    assert daemonctl.merge_daemon_json(pw, insecure_registries=["x"])
+    assert json.load(open(os.path.join(real, "docker", "daemon.json"))) == {"insecure-registries": ["x"]}
+    assert os.path.islink(os.path.join(pw.pw_dir, ".config"))
+
+
+def test_refuses_dangling_symlink_out_of_home(pw, tmp_path):
+    os.makedirs(os.path.dirname(cfg(pw)))
+    target = tmp_path / "not-yet-there.json"
+    os.symlink(target, cfg(pw))
+    with pytest.raises(DaemonError, match="outside the home"):
+        daemonctl.merge_daemon_json(pw, insecure_registries=["x"])
+    assert not target.exists()
+
+
+def test_refuses_fifo(pw):
+    os.makedirs(os.path.dirname(cfg(pw)))
+    os.mkfifo(cfg(pw))
+    with pytest.raises(DaemonError, match="not a plain file"):
+        daemonctl.merge_daemon_json(pw, insecure_registries=["x"])
+
+
+def test_refuses_hard_link(pw, tmp_path):
+    other = tmp_path / "secret"
+    other.write_text("{}")
+    os.makedirs(os.path.dirname(cfg(pw)))
+    os.link(other, cfg(pw))
+    with pytest.raises(DaemonError, match="not a plain file"):
+        daemonctl.merge_daemon_json(pw, insecure_registries=["x"])
+    assert not os.path.exists(cfg(pw) + ".bak")
+
+
+def test_invalid_json_is_reported_not_overwritten(pw):
+    os.makedirs(os.path.dirname(cfg(pw)))
+    with open(cfg(pw), "w") as f:
+        f.write("{not json")
+    with pytest.raises(DaemonError, match="not valid JSON"):
+        daemonctl.merge_daemon_json(pw, insecure_registries=["x"])
+    assert open(cfg(pw)).read() == "{not json"
+
+
+def test_ensure_user_dir(pw, tmp_path):
+    p = daemonctl.ensure_user_dir(pw, "workspace")
+    assert os.path.isdir(p) and p == os.path.join(os.path.realpath(pw.pw_dir), "workspace")
+    os.symlink(tmp_path, os.path.join(pw.pw_dir, "escape"))
+    with pytest.raises(DaemonError):
+        daemonctl.ensure_user_dir(pw, "escape/sub")
+    assert not (tmp_path / "sub").exists()
+
+
+def test_ping_missing_socket(tmp_path):
+    assert daemonctl.ping(str(tmp_path / "nope.sock"), timeout=0.5) is False
+
+
+def test_check_subids_message(pw, monkeypatch):
+    monkeypatch.setattr(daemonctl, "_subid_ranges", lambda path, pw: [])
+    with pytest.raises(DaemonError, match="usermod --add-subuids"):
+        daemonctl.check_subids(pw)
