@@ -57,6 +57,8 @@ def hub(testbed, tmp_path_factory):
     # The local registry plays the Docker Hub mirror; never fall back to the internet in a test.
     c.RootlessGPUSpawner.mirror_prefixes = [{testbed['registry_from_daemon']!r}]
     c.RootlessGPUSpawner.mirror_fallback_to_upstream = False
+    # A daemon that never answers fails the spawn after this long (tests/integration/test_refusals.py).
+    c.RootlessGPUSpawner.docker_api_timeout = 30
     """
     workdir = tmp_path_factory.mktemp("hub")
     h = Hub(workdir, config, users)
@@ -72,3 +74,21 @@ def hub(testbed, tmp_path_factory):
 def containers_of(client, hub_user=None):
     filters = {"label": "org.rootless-gpu-spawner.hub-user" + (f"={hub_user}" if hub_user else "")}
     return client.containers.list(all=True, filters=filters)
+
+
+@pytest.fixture
+def carol_socket(testbed):
+    """The path where carol's daemon socket would be (she has no daemon); cleaned up after."""
+    carol = testbed["users"]["rgstest-carol"]
+    rundir = f"/run/user/{carol['uid']}"
+    made = not os.path.isdir(rundir)
+    if made:
+        os.makedirs(rundir, mode=0o700)
+        os.chown(rundir, carol["uid"], carol["gid"])
+    path = os.path.join(rundir, "docker.sock")
+    assert not os.path.lexists(path), f"{path} should not exist before the test"
+    yield path
+    if os.path.lexists(path):
+        os.unlink(path)
+    if made:
+        os.rmdir(rundir)

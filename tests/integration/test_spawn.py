@@ -145,21 +145,11 @@ def test_missing_socket_is_refused_clearly(hub, testbed, daemons):
     assert not hub.server(CAROL)
 
 
-def test_socket_owned_by_another_uid_is_refused(hub, testbed, daemons):
-    carol = testbed["users"][CAROL]
-    rundir = f"/run/user/{carol['uid']}"
-    made_dir = not os.path.isdir(rundir)
-    os.makedirs(rundir, exist_ok=True)
-    sock = os.path.join(rundir, "docker.sock")
+def test_socket_owned_by_another_uid_is_refused(hub, testbed, daemons, carol_socket):
     # Carol's expected socket is a link to Alice's: the check is on the resolved path.
-    os.symlink(testbed["users"][ALICE]["docker_host"][len("unix://"):], sock)
-    try:
-        r = hub.spawn(CAROL, {"gpus": 0})
-        message = spawn_message(hub, CAROL, r)
-        assert "is owned by rgstest-alice" in message and f"not by {CAROL}" in message, message
-        for client in daemons.values():
-            assert containers_of(client, CAROL) == []
-    finally:
-        os.unlink(sock)
-        if made_dir:
-            os.rmdir(rundir)
+    os.symlink(testbed["users"][ALICE]["docker_host"][len("unix://"):], carol_socket)
+    r = hub.spawn(CAROL, {"gpus": 0})
+    message = spawn_message(hub, CAROL, r)
+    assert "is owned by rgstest-alice" in message and f"not by {CAROL}" in message, message
+    for client in daemons.values():
+        assert containers_of(client, CAROL) == []
