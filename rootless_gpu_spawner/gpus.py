@@ -67,20 +67,53 @@ def normalize_gpus(value):
     )
 
 
-def device_requests(gpus) -> list[DeviceRequest]:
+DEVICE_MODES = ("auto", "nvidia", "cdi")
+CDI_KIND = "nvidia.com/gpu"
+
+
+def device_requests(gpus, mode: str = "nvidia") -> list[DeviceRequest]:
     """The Engine API ``DeviceRequests`` for a normalised ``gpus`` value.
 
-    Same as ``docker run --gpus``: count -1 is "all"; capabilities ``[["gpu"]]``
-    select the NVIDIA driver (the container toolkit's hook or CDI).
+    ``nvidia``: same as ``docker run --gpus``: count -1 is "all"; capabilities
+    ``[["gpu"]]`` select the NVIDIA Container Toolkit's hook.
+    ``cdi``: ``docker run --device nvidia.com/gpu=ID`` (Docker 25+ with CDI
+    enabled and a spec from ``nvidia-ctk cdi generate``); a count becomes the
+    first N indices, since CDI has no "any N" request.
     """
     gpus = normalize_gpus(gpus)
     if gpus == 0 or gpus == []:
         return []
+    if mode == "cdi":
+        if gpus == "all":
+            ids = ["all"]
+        elif isinstance(gpus, int):
+            ids = [str(i) for i in range(gpus)]
+        else:
+            ids = gpus
+        return [DeviceRequest(driver="cdi", device_ids=[f"{CDI_KIND}={i}" for i in ids])]
     if gpus == "all":
         return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     if isinstance(gpus, int):
         return [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
     return [DeviceRequest(device_ids=list(gpus), capabilities=[["gpu"]])]
+
+
+def detect_device_mode(info: dict, exists=None) -> str:
+    """``cdi`` when the daemon has CDI spec dirs holding an NVIDIA spec, else ``nvidia``.
+
+    Docker 25+ reports ``CDISpecDirs`` in ``docker info`` when CDI is enabled;
+    a spec for ``nvidia.com/gpu`` is a file named ``nvidia*.yaml``/``.json``
+    there (what ``nvidia-ctk cdi generate`` writes).  Docker 20.10-24 has no
+    CDI, so the classic hook is the only choice there.
+    """
+    import glob
+    import os
+
+    exists = exists or (lambda d: glob.glob(os.path.join(d, "nvidia*.yaml")) + glob.glob(os.path.join(d, "nvidia*.json")))
+    for directory in info.get("CDISpecDirs") or []:
+        if exists(directory):
+            return "cdi"
+    return "nvidia"
 
 
 def describe_gpus(gpus) -> str:

@@ -7,19 +7,24 @@ import asyncio
 from dockerspawner import DockerSpawner
 from docker.errors import APIError
 from tornado import web
-from traitlets import Any, Bool, Callable, Float, Int, List, Unicode, Union, default, validate
+from traitlets import (
+    Any, Bool, CaselessStrEnum, Callable, Dict, Float, Int, List, Unicode, Union, default, validate,
+)
 
 from . import daemon as daemons
 from .accounts import Account, AccountError, lookup_account, system_username
 from .container import build_container_request, check_container_port, rewrite_hub_urls, server_args
 from .daemon import DaemonError, is_connection_error, is_rootless, render_docker_host
+from .gpu_alloc import GPUAllocator, GPURequestError, NoFreeGPU, discover_nvml
 from .gpus import (
     InvalidGPURequest,
+    detect_device_mode,
     device_requests,
     gpu_driver_error_message,
     is_gpu_driver_error,
     normalize_gpus,
 )
+from .options_form import FormChoices, needs_form, parse_form, render_form
 from .images import InvalidImageReference, normalize_mirror_prefix, parse_image_reference
 from .pulls import ImageError, ensure_image
 from .workspace import WorkspaceError, ensure_workspace
@@ -218,6 +223,77 @@ class RootlessGPUSpawner(DockerSpawner):
         except InvalidGPURequest as e:
             raise _bad_config("gpus", f"{e}. Example: 'all', 1, [0, 2] or 0") from None
 
+    gpu_policy = CaselessStrEnum(
+        ["shared", "exclusive"],
+        default_value="shared",
+        config=True,
+        help="""
+        ``"shared"``: every server gets what ``gpus`` says (several servers may
+        use the same GPU). ``"exclusive"``: each GPU is given to at most one
+        running server; a server gets ``gpus`` GPUs by default (``"all"`` then
+        means 1) and students may ask for more in the form, up to their limit::
+
+            c.RootlessGPUSpawner.gpu_policy = "exclusive"
+        """,
+    )
+
+    gpu_ids = List(
+        Unicode(),
+        config=True,
+        help="""
+        The host's GPU ids (indices as ``nvidia-smi`` shows them). Empty:
+        discovered through NVML (``pip install nvidia-ml-py``). Needed for
+        ``gpu_policy="exclusive"`` on hosts without NVML::
+
+            c.RootlessGPUSpawner.gpu_ids = ["0", "1", "2", "3"]
+        """,
+    )
+
+    @validate("gpu_ids")
+    def _validate_gpu_ids(self, proposal):
+        try:
+            ids = normalize_gpus([str(g) for g in proposal.value]) if proposal.value else []
+        except InvalidGPURequest as e:
+            raise _bad_config("gpu_ids", f"{e}. Example: ['0', '1']") from None
+        return ids
+
+    max_gpus_per_user = Int(
+        0,
+        config=True,
+        help="""
+        The most GPUs one student may ask for (all their servers together under
+        ``exclusive``). 0: no limit beyond ``gpus`` and the inventory::
+
+            c.RootlessGPUSpawner.max_gpus_per_user = 2
+        """,
+    )
+
+    group_gpu_limits = Dict(
+        key_trait=Unicode(),
+        value_trait=Int(),
+        config=True,
+        help="""
+        Per JupyterHub group limits, overriding ``max_gpus_per_user`` for
+        members (a member of several groups gets the largest)::
+
+            c.RootlessGPUSpawner.group_gpu_limits = {"phd": 4, "course-2026": 1}
+        """,
+    )
+
+    gpu_device_mode = CaselessStrEnum(
+        ["auto", "nvidia", "cdi"],
+        default_value="auto",
+        config=True,
+        help="""
+        How GPUs are requested from Docker: ``"nvidia"`` (the NVIDIA Container
+        Toolkit hook, like ``--gpus``), ``"cdi"`` (``nvidia.com/gpu=ID``, Docker
+        25+ with CDI specs from ``nvidia-ctk cdi generate``) or ``"auto"``
+        (CDI when the daemon reports CDI spec dirs holding an NVIDIA spec)::
+
+            c.RootlessGPUSpawner.gpu_device_mode = "auto"
+        """,
+    )
+
     # ---- images ---------------------------------------------------------------------
 
     mirror_prefixes = List(
@@ -254,7 +330,9 @@ class RootlessGPUSpawner(DockerSpawner):
 
     account: Account | None = None
     docker_host = Unicode("")  # the daemon this server's container lives on (persisted)
+    gpu_assignment = List()  # GPUs held under the exclusive policy (persisted)
     _connection = None
+    _daemon_info: dict = {}
 
     def _user_key(self):
         return (self.user.name, self.name)
@@ -262,16 +340,30 @@ class RootlessGPUSpawner(DockerSpawner):
     def load_state(self, state):
         super().load_state(state)
         self.docker_host = state.get("docker_host", "")
+        self.gpu_assignment = list(state.get("gpu_ids") or [])
+        if self.gpu_assignment and self.gpu_policy == "exclusive":
+            # Hub restart: re-record what this running server holds before any new spawn is served.
+            self.gpu_assignment = gpu_allocator(self).restore(self._user_key(), self.gpu_assignment)
 
     def get_state(self):
         state = super().get_state()
         if self.object_id and self.docker_host:
             state["docker_host"] = self.docker_host
+        if self.object_id and self.gpu_assignment:
+            state["gpu_ids"] = list(self.gpu_assignment)
         return state
 
     def clear_state(self):
         super().clear_state()
         self.docker_host = ""
+        self._release_gpus()
+
+    def _release_gpus(self):
+        if self.gpu_assignment or self.gpu_policy == "exclusive":
+            released = gpu_allocator(self).release(self._user_key()) if _allocator else []
+            if released:
+                self.log.info("GPUs %s of %s released", ",".join(released), self._log_name)
+        self.gpu_assignment = []
 
     # DockerSpawner calls self.client / self.executor / self.docker(); point them
     # at this student's daemon instead of the class-wide client.
@@ -340,8 +432,14 @@ class RootlessGPUSpawner(DockerSpawner):
             await self._check_rootless(account, docker_host)
         return conn
 
+    def _device_mode(self) -> str:
+        if self.gpu_device_mode != "auto":
+            return self.gpu_device_mode
+        return detect_device_mode(self._daemon_info)
+
     async def _check_rootless(self, account: Account, docker_host: str):
         info = await self._call_daemon("info")
+        self._daemon_info = info
         if is_rootless(info):
             return
         if self.allow_rootful_daemon:
@@ -380,9 +478,10 @@ class RootlessGPUSpawner(DockerSpawner):
 
     # ---- user options ---------------------------------------------------------------------
 
-    def validated_user_options(self) -> dict:
+    def validated_user_options(self, options=None) -> dict:
         """Check ``user_options`` (form or REST API); HTTP 400 on anything wrong."""
-        options = self.user_options or {}
+        options = self.user_options if options is None else options
+        options = options or {}
         if not isinstance(options, dict):
             raise web.HTTPError(400, "user_options must be a JSON object")
         unknown = sorted(set(options) - USER_OPTION_KEYS)
@@ -402,8 +501,62 @@ class RootlessGPUSpawner(DockerSpawner):
                 requested = normalize_gpus(options["gpus"])
             except InvalidGPURequest as e:
                 raise web.HTTPError(400, str(e)) from None
-            result["gpus"] = self._within_gpu_ceiling(requested)
+            if self.gpu_policy == "exclusive":
+                result["gpus"] = self._within_exclusive_limits(requested)
+            else:
+                result["gpus"] = self._within_limit(self._within_gpu_ceiling(requested))
+        if "image" in result and not self._image_choice_allowed(result["image"]):
+            raise web.HTTPError(400, f"image {result['image'][:100]!r} is not one of the allowed images")
         return result
+
+    def _image_choice_allowed(self, image) -> bool:
+        allowed = self._get_allowed_images()
+        return allowed == "*" or image in (allowed or {})
+
+    def gpu_limit(self):
+        """This student's GPU limit: the largest of their groups' limits, else max_gpus_per_user."""
+        groups = {getattr(g, "name", g) for g in (getattr(self.user, "groups", None) or [])}
+        limits = [limit for group, limit in self.group_gpu_limits.items() if group in groups]
+        if limits:
+            return max(limits)
+        return self.max_gpus_per_user or None
+
+    def _within_limit(self, requested):
+        limit = self.gpu_limit()
+        if limit is None or requested == 0 or requested == []:
+            return requested
+        if requested == "all":
+            raise web.HTTPError(400, f"you may use at most {limit} GPU(s); ask for a number")
+        count = requested if isinstance(requested, int) else len(requested)
+        if count > limit:
+            raise web.HTTPError(400, f"you asked for {count} GPUs; your limit is {limit}")
+        return requested
+
+    def _within_exclusive_limits(self, requested):
+        if requested == "all":
+            raise web.HTTPError(
+                400, "GPUs are given out one server at a time here: ask for a number of GPUs"
+            )
+        # Under exclusive, an int ``gpus`` is only the default; the limits cap requests.
+        count = requested if isinstance(requested, int) else len(requested)
+        if isinstance(self.gpus, list):
+            self._within_gpu_ceiling(requested)
+        if self.gpu_ids:
+            unknown = [g for g in (requested if isinstance(requested, list) else []) if g not in self.gpu_ids]
+            if unknown:
+                raise web.HTTPError(
+                    400, f"there is no GPU {','.join(unknown)}; GPUs here: {','.join(self.gpu_ids)}"
+                )
+            if count > len(self.gpu_ids):
+                raise web.HTTPError(
+                    400, f"you asked for {count} GPUs but this server has {len(self.gpu_ids)}"
+                )
+        return self._within_limit(requested)
+
+    def default_gpu_request(self):
+        if self.gpu_policy == "exclusive" and self.gpus == "all":
+            return 1
+        return self.gpus
 
     def _within_gpu_ceiling(self, requested):
         """A student may ask for at most what ``gpus`` grants."""
@@ -446,6 +599,62 @@ class RootlessGPUSpawner(DockerSpawner):
             status = 400 if requested else 500
             raise SpawnRefused(status, str(e)) from None
 
+    # ---- options form ------------------------------------------------------------------------
+
+    @default("options_form")
+    def _default_options_form(self):
+        return lambda spawner: spawner.render_options_form()
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return lambda formdata: self.options_from_formdata(formdata)
+
+    def _image_choices(self) -> dict:
+        allowed = self._get_allowed_images()
+        return {} if allowed == "*" else dict(allowed or {})
+
+    async def form_choices(self) -> FormChoices:
+        gpus, free = [], []
+        if self.gpu_policy == "exclusive":
+            allocator = await inventory_allocator(self)
+            free = allocator.free()
+            gpus = await asyncio.to_thread(gpu_details, allocator.inventory)
+            limit = self.gpu_limit()
+            held = allocator.held_by_user(self.user.name)
+            max_count = min(len(free), (limit - held) if limit else len(free))
+            allow_all = False
+        else:
+            ceiling = self.gpus
+            limit = self.gpu_limit()
+            known = len(self.gpu_ids)
+            if ceiling == "all":
+                max_count = min(limit or known, known) if known else (limit or 0)
+            else:
+                max_count = ceiling if isinstance(ceiling, int) else len(ceiling)
+                if limit:
+                    max_count = min(max_count, limit)
+            allow_all = ceiling == "all" and not limit
+        return FormChoices(
+            images=self._image_choices(),
+            default_image=self.image,
+            gpu_policy=self.gpu_policy,
+            max_count=max(0, max_count),
+            default_gpus=self.default_gpu_request(),
+            allow_all=allow_all,
+            gpus=gpus,
+            free=free,
+        )
+
+    async def render_options_form(self) -> str:
+        choices = await self.form_choices()
+        return render_form(choices) if needs_form(choices) else ""
+
+    def options_from_formdata(self, formdata) -> dict:
+        """The form's answer, checked by the same validation as REST API ``user_options``."""
+        options = parse_form(formdata, self._image_choices())
+        self.validated_user_options(options)
+        return options
+
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def get_args(self):
@@ -454,7 +663,7 @@ class RootlessGPUSpawner(DockerSpawner):
     async def start(self):
         options = self.validated_user_options()
         ref = await self._resolve_image(options.get("image"))
-        gpus = options.get("gpus", self.gpus)
+        gpus = options.get("gpus", self.default_gpu_request())
         account = await self.resolve_account()
         try:
             workspace = await asyncio.to_thread(
@@ -464,6 +673,28 @@ class RootlessGPUSpawner(DockerSpawner):
             raise SpawnRefused(403, f"workspace for {account.name}: {e}") from None
 
         await self.connect()
+        if self.gpu_policy == "exclusive":
+            gpus = await self._allocate_gpus(gpus)
+        try:
+            return await self._start_container(ref, options, gpus, account, workspace)
+        except BaseException:
+            self._release_gpus()  # a failed start holds no GPU
+            raise
+
+    async def _allocate_gpus(self, request):
+        allocator = await inventory_allocator(self)
+        try:
+            ids = allocator.allocate(self._user_key(), request, limit=self.gpu_limit())
+        except GPURequestError as e:
+            raise SpawnRefused(400, str(e)) from None
+        except NoFreeGPU as e:
+            raise SpawnRefused(409, str(e)) from None
+        self.gpu_assignment = ids
+        if ids:
+            self.log.info("GPUs %s assigned to %s", ",".join(ids), self._log_name)
+        return ids or 0
+
+    async def _start_container(self, ref, options, gpus, account, workspace):
         if options.get("image"):
             # Like DockerSpawner: remember the student's choice (JUPYTER_IMAGE_SPEC).
             self.image = ref.familiar
@@ -532,7 +763,7 @@ class RootlessGPUSpawner(DockerSpawner):
             workspace_source=workspace,
             workspace_mount=self.workspace_mount,
             run_as_root=self.run_as_root,
-            device_requests=device_requests(gpus),
+            device_requests=device_requests(gpus, self._device_mode()),
             labels={
                 f"{LABEL_PREFIX}.hub-user": self.user.name,
                 f"{LABEL_PREFIX}.server-name": self.name,
@@ -573,16 +804,19 @@ class RootlessGPUSpawner(DockerSpawner):
             status = await super().poll()
         except SpawnRefused as e:
             self.log.warning("poll for %s: %s", self.user.name, e)
+            self._release_gpus()
             return 1
         except Exception as e:
             if is_connection_error(e):
                 self.log.warning("poll for %s: daemon %s does not answer: %s", self.user.name, self.docker_host, e)
                 daemons.pool.discard(self.docker_host)
                 self._connection = None
+                self._release_gpus()
                 return 1
             raise
         if status is not None:
-            # The hub will not call stop() for a dead server: let go of the daemon here.
+            # The hub will not call stop() for a dead server: let go of its GPUs and daemon here.
+            self._release_gpus()
             self._disconnect()
         return status
 
@@ -604,6 +838,41 @@ class RootlessGPUSpawner(DockerSpawner):
             self.clear_state()
         finally:
             self._disconnect()
+
+
+_allocator: GPUAllocator | None = None
+
+
+def gpu_allocator(spawner) -> GPUAllocator:
+    """The hub-wide allocator (created on first use; inventory may follow later)."""
+    global _allocator
+    if _allocator is None:
+        _allocator = GPUAllocator(spawner.gpu_ids or None)
+    return _allocator
+
+
+async def inventory_allocator(spawner) -> GPUAllocator:
+    """The allocator with its inventory known: ``gpu_ids``, else NVML (off the event loop)."""
+    allocator = gpu_allocator(spawner)
+    if allocator.inventory is None:
+        found = await asyncio.to_thread(discover_nvml)
+        if not found:
+            raise SpawnRefused(
+                500,
+                "gpu_policy is 'exclusive' but no GPU inventory is known: NVML is not available "
+                "on this host. Set RootlessGPUSpawner.gpu_ids, e.g. ['0', '1'], or install the "
+                "NVIDIA driver and nvidia-ml-py.",
+            )
+        allocator.set_inventory([g.id for g in found])
+    return allocator
+
+
+def gpu_details(inventory):
+    """GPUInfo for each id, with name and memory from NVML when it is there."""
+    from .gpu_alloc import GPUInfo
+
+    found = {g.id: g for g in (discover_nvml() or [])}
+    return [found.get(i, GPUInfo(i)) for i in inventory]
 
 
 def _gpus_label(gpus) -> str:

@@ -22,6 +22,7 @@ packages=(
   docker-registry                                           # a real registry, the test mirror
   debootstrap                                               # builds the test image offline
   nodejs npm                                                # configurable-http-proxy
+  chromium fonts-noto-cjk                                   # browser tests (the UI is bilingual)
   python3 python3-venv python3-pip
   iproute2 procps ca-certificates curl
 )

@@ -47,10 +47,8 @@ def daemons(testbed):
         c.close()
 
 
-@pytest.fixture(scope="module")
-def hub(testbed, tmp_path_factory):
-    users = list(testbed["users"])
-    config = f"""
+def base_spawner_config(testbed) -> str:
+    return f"""
     c.RootlessGPUSpawner.image = {testbed['local_image']!r}
     c.RootlessGPUSpawner.allowed_images = [{testbed['local_image']!r}, {testbed['mirror_image_short']!r}]
     c.RootlessGPUSpawner.pull_policy = "ifnotpresent"
@@ -60,15 +58,29 @@ def hub(testbed, tmp_path_factory):
     # A daemon that never answers fails the spawn after this long (tests/integration/test_refusals.py).
     c.RootlessGPUSpawner.docker_api_timeout = 30
     """
-    workdir = tmp_path_factory.mktemp("hub")
-    h = Hub(workdir, config, users)
-    try:
-        h.start()
-        yield h
-    finally:
+
+
+@pytest.fixture(scope="module")
+def hub_factory(tmp_path_factory):
+    """Start real hubs for a test module; all are stopped (servers first) at its end."""
+    started = []
+
+    def start(spawner_config: str, users):
+        workdir = tmp_path_factory.mktemp("hub")
+        h = Hub(workdir, spawner_config, users)
+        started.append(h)
+        return h.start()
+
+    yield start
+    for h in started:
         h.stop()
         ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / f"jupyterhub-{workdir.name}.log").write_text(h.log_tail(100000))
+        (ARTIFACTS / f"jupyterhub-{h.workdir.name}.log").write_text(h.log_tail(100000))
+
+
+@pytest.fixture(scope="module")
+def hub(testbed, hub_factory):
+    return hub_factory(base_spawner_config(testbed), list(testbed["users"]))
 
 
 def containers_of(client, hub_user=None):

@@ -3,6 +3,7 @@
 import pytest
 
 from rootless_gpu_spawner.gpus import (
+    detect_device_mode,
     InvalidGPURequest,
     device_requests,
     gpu_driver_error_message,
@@ -64,3 +65,20 @@ def test_cgroup_error_names_no_cgroups():
     assert is_gpu_driver_error(raw)
     msg = gpu_driver_error_message("bob", "unix:///x", 1, raw)
     assert "device cgroups" in msg and "no-cgroups = true" in msg
+
+
+def test_cdi_device_requests():
+    (req,) = device_requests("all", "cdi")
+    assert req["Driver"] == "cdi" and req["DeviceIDs"] == ["nvidia.com/gpu=all"]
+    (req,) = device_requests([1, 3], "cdi")
+    assert req["DeviceIDs"] == ["nvidia.com/gpu=1", "nvidia.com/gpu=3"]
+    (req,) = device_requests(2, "cdi")
+    assert req["DeviceIDs"] == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
+    assert device_requests(0, "cdi") == []
+
+
+def test_detect_device_mode(tmp_path):
+    assert detect_device_mode({}) == "nvidia"  # Docker 20.10: no CDI at all
+    assert detect_device_mode({"CDISpecDirs": [str(tmp_path)]}) == "nvidia"  # CDI on, no NVIDIA spec
+    (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\n")
+    assert detect_device_mode({"CDISpecDirs": ["/nonexistent", str(tmp_path)]}) == "cdi"

@@ -70,7 +70,7 @@ def test_mirror_prefix_urls_normalised():
     ],
 )
 def test_user_options_ok(options, expected):
-    assert make(options).validated_user_options() == expected
+    assert make(options, allowed_images=["python:3"]).validated_user_options() == expected
 
 
 @pytest.mark.parametrize(
@@ -81,6 +81,7 @@ def test_user_options_ok(options, expected):
         ({"gpus": -1}, "negative"),
         ({"gpus": "lots"}, "not understood"),
         ({"gpus": {"n": 1}}, "gpus must be"),
+        ({"image": "python:3"}, "not one of the allowed images"),
     ],
 )
 def test_user_options_bad(options, words):
