@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pwd
 
 from dockerspawner import DockerSpawner
 from docker.errors import APIError
@@ -73,6 +74,19 @@ class RootlessGPUSpawner(DockerSpawner):
         """,
     )
 
+    allow_shared_accounts = Bool(
+        False,
+        config=True,
+        help="""
+        Let two hub users whose ``system_user`` mapping gives the same login
+        account run servers at the same time (they would share that account's
+        daemon and files). Off: the second is refused, since a mapping that
+        folds two people into one account is usually a mistake::
+
+            c.RootlessGPUSpawner.allow_shared_accounts = False
+        """,
+    )
+
     min_uid = Int(
         1000,
         config=True,
@@ -104,6 +118,19 @@ class RootlessGPUSpawner(DockerSpawner):
         only for a single-user test machine::
 
             c.RootlessGPUSpawner.allow_rootful_daemon = False
+        """,
+    )
+
+    start_daemon_if_down = Bool(
+        False,
+        config=True,
+        help="""
+        When a student's rootless daemon is not running at spawn time, start it
+        (as ``rootless-gpu-admin start-daemon`` does, without systemd) instead
+        of refusing. Off by default: a daemon that keeps dying is something the
+        admin should see::
+
+            c.RootlessGPUSpawner.start_daemon_if_down = True
         """,
     )
 
@@ -340,6 +367,8 @@ class RootlessGPUSpawner(DockerSpawner):
     def load_state(self, state):
         super().load_state(state)
         self.docker_host = state.get("docker_host", "")
+        if state.get("account"):
+            _account_users.setdefault(state["account"], set()).add(self.user.name)
         self.gpu_assignment = list(state.get("gpu_ids") or [])
         if self.gpu_assignment and self.gpu_policy == "exclusive":
             # Hub restart: re-record what this running server holds before any new spawn is served.
@@ -349,6 +378,8 @@ class RootlessGPUSpawner(DockerSpawner):
         state = super().get_state()
         if self.object_id and self.docker_host:
             state["docker_host"] = self.docker_host
+            if self.account:
+                state["account"] = self.account.name
         if self.object_id and self.gpu_assignment:
             state["gpu_ids"] = list(self.gpu_assignment)
         return state
@@ -357,6 +388,35 @@ class RootlessGPUSpawner(DockerSpawner):
         super().clear_state()
         self.docker_host = ""
         self._release_gpus()
+        self._release_account()
+
+    def _claim_account(self, account: Account):
+        users = _account_users.setdefault(account.name, set())
+        others = users - {self.user.name}
+        if others and not self.allow_shared_accounts:
+            raise SpawnRefused(
+                409,
+                f"the system account {account.name} is already in use by another hub user's "
+                "server: two hub users map to the same login. Ask the admin to check "
+                "RootlessGPUSpawner.system_user (or allow_shared_accounts).",
+            )
+        users.add(self.user.name)
+
+    def _release_account(self):
+        if self.account is not None:
+            users = _account_users.get(self.account.name)
+            if users is not None and not self._other_servers_of_user_on(self.account.name):
+                users.discard(self.user.name)
+
+    def _other_servers_of_user_on(self, account_name: str) -> bool:
+        # A hub user's named servers share the account; keep the claim while one still runs.
+        spawners = getattr(self.user, "spawners", {}) or {}
+        for name, other in spawners.items():
+            if other is self or name == self.name:
+                continue
+            if getattr(other, "account", None) and other.account.name == account_name and other.active:
+                return True
+        return False
 
     def _release_gpus(self):
         if self.gpu_assignment or self.gpu_policy == "exclusive":
@@ -393,8 +453,14 @@ class RootlessGPUSpawner(DockerSpawner):
         self.account = account
         return account
 
-    async def connect(self, docker_host: str | None = None, check_rootless: bool = True):
-        """Verify and connect to the student's daemon (``docker_host`` from state when given)."""
+    async def connect(
+        self, docker_host: str | None = None, check_rootless: bool = True, may_start: bool = False
+    ):
+        """Verify and connect to the student's daemon (``docker_host`` from state when given).
+
+        With ``may_start`` and ``start_daemon_if_down``, a daemon that is not
+        running is started once (the same code as ``rootless-gpu-admin start-daemon``).
+        """
         account = self.account or await self.resolve_account()
         if not docker_host:
             try:
@@ -403,6 +469,22 @@ class RootlessGPUSpawner(DockerSpawner):
                 )
             except ValueError as e:
                 raise SpawnRefused(500, str(e)) from None
+        try:
+            conn = await self._open_connection(account, docker_host)
+        except SpawnRefused as e:
+            if not (may_start and self.start_daemon_if_down and e.status_code == 503):
+                raise
+            await self._start_daemon(account, reason=str(e))
+            conn = await self._open_connection(account, docker_host)
+        if self._connection is not None and self._connection is not conn:
+            daemons.pool.release(self._connection.docker_host, self._user_key())
+        self._connection = conn
+        self.docker_host = docker_host
+        if check_rootless:
+            await self._check_rootless(account, docker_host)
+        return conn
+
+    async def _open_connection(self, account: Account, docker_host: str):
         try:
             path = daemons.socket_path(docker_host)
             if path is not None:
@@ -413,10 +495,10 @@ class RootlessGPUSpawner(DockerSpawner):
             else:
                 connect_to = docker_host
         except (DaemonError, ValueError) as e:
-            raise SpawnRefused(503 if isinstance(e, DaemonError) else 500, str(e)) from None
-
+            not_running = isinstance(e, DaemonError) and "is not running" in str(e)
+            raise SpawnRefused(503 if not_running else 403 if isinstance(e, DaemonError) else 500, str(e)) from None
         try:
-            conn = await daemons.pool.connect(connect_to, self.docker_api_timeout, self._user_key())
+            return await daemons.pool.connect(connect_to, self.docker_api_timeout, self._user_key())
         except Exception as e:
             if is_connection_error(e):
                 daemons.pool.discard(connect_to)
@@ -424,13 +506,19 @@ class RootlessGPUSpawner(DockerSpawner):
                     503, str(daemons.daemon_unreachable(account.name, docker_host, e))
                 ) from None
             raise
-        if self._connection is not None and self._connection is not conn:
-            daemons.pool.release(self._connection.docker_host, self._user_key())
-        self._connection = conn
-        self.docker_host = docker_host
-        if check_rootless:
-            await self._check_rootless(account, docker_host)
-        return conn
+
+    async def _start_daemon(self, account: Account, reason: str):
+        from . import daemonctl
+
+        self.log.warning("starting rootless Docker for %s (%s)", account.name, reason)
+        try:
+            entry = await asyncio.to_thread(pwd.getpwnam, account.name)
+            pid = await asyncio.to_thread(daemonctl.start_daemon, entry, timeout=self.docker_api_timeout)
+        except daemonctl.DaemonError as e:
+            raise SpawnRefused(
+                503, f"rootless Docker for {account.name} was not running and could not be started: {e}"
+            ) from None
+        self.log.info("rootless Docker for %s started (pid %s)", account.name, pid)
 
     def _device_mode(self) -> str:
         if self.gpu_device_mode != "auto":
@@ -665,20 +753,22 @@ class RootlessGPUSpawner(DockerSpawner):
         ref = await self._resolve_image(options.get("image"))
         gpus = options.get("gpus", self.default_gpu_request())
         account = await self.resolve_account()
+        self._claim_account(account)
         try:
-            workspace = await asyncio.to_thread(
-                ensure_workspace, account.home, self.workspace_dir, account.uid, account.gid
-            )
-        except WorkspaceError as e:
-            raise SpawnRefused(403, f"workspace for {account.name}: {e}") from None
-
-        await self.connect()
-        if self.gpu_policy == "exclusive":
-            gpus = await self._allocate_gpus(gpus)
-        try:
+            try:
+                workspace = await asyncio.to_thread(
+                    ensure_workspace, account.home, self.workspace_dir, account.uid, account.gid
+                )
+            except WorkspaceError as e:
+                raise SpawnRefused(403, f"workspace for {account.name}: {e}") from None
+            await self.connect(may_start=True)
+            if self.gpu_policy == "exclusive":
+                gpus = await self._allocate_gpus(gpus)
             return await self._start_container(ref, options, gpus, account, workspace)
         except BaseException:
-            self._release_gpus()  # a failed start holds no GPU
+            # A failed start holds no GPU and no claim on the account.
+            self._release_gpus()
+            self._release_account()
             raise
 
     async def _allocate_gpus(self, request):
@@ -749,6 +839,34 @@ class RootlessGPUSpawner(DockerSpawner):
         if self.post_start_cmd:
             await self.post_start_exec()
         return await self.get_ip_and_port()
+
+    def template_namespace(self):
+        namespace = super().template_namespace()
+        namespace["userid"] = getattr(self.user, "id", "")
+        return namespace
+
+    @default("name_template")
+    def _default_name_template(self):
+        # The hub's user id makes names unique even when two hub names escape alike.
+        if self.name:
+            return "{prefix}-{username}-{userid}--{servername}"
+        return "{prefix}-{username}-{userid}"
+
+    async def get_object(self):
+        obj = await super().get_object()
+        owner = ((obj or {}).get("Config") or {}).get("Labels", {}).get(f"{LABEL_PREFIX}.hub-user")
+        if obj and owner is not None and owner != self.user.name:
+            # Two hub names can escape to the same container name ("a.b" and "a-2eb");
+            # never adopt, stop or remove another hub user's container.
+            self.object_id = ""
+            raise SpawnRefused(
+                409,
+                f"container {self.object_name} on {self.account.name if self.account else 'this'}'s "
+                f"daemon belongs to another hub user: the two names escape to the same container "
+                "name. Ask the admin to make RootlessGPUSpawner.name_template unique "
+                "(the default includes {userid}).",
+            )
+        return obj
 
     async def _create(self, image: str, workspace: str, gpus, account: Account):
         command = self.cmd or (await self.docker("inspect_image", image))["Config"]["Cmd"] or []
@@ -841,6 +959,8 @@ class RootlessGPUSpawner(DockerSpawner):
 
 
 _allocator: GPUAllocator | None = None
+# system account -> hub users with a server on it (allow_shared_accounts)
+_account_users: dict[str, set] = {}
 
 
 def gpu_allocator(spawner) -> GPUAllocator:

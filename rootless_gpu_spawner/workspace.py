@@ -44,13 +44,15 @@ def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def ensure_workspace(home: str, workspace_dir: str, uid: int, gid: int, mode: int = 0o755) -> str:
+def ensure_workspace(home: str, workspace_dir: str, uid: int, gid: int, mode: int = 0o700) -> str:
     """Make sure the workspace exists and belongs to the student; return its real path.
 
     Missing directories are created owned by ``uid:gid``.  A symlink anywhere
     below the home is followed only when it stays inside the home (resolved);
     one that leaves it (``~/workspace -> /etc``, or into another student's
     home) is refused.  Existing directories are never chowned or changed.
+    New directories are 0700: another student's container runs as that
+    student's uid and must not read this one's files.
     """
     target = workspace_path(home, workspace_dir)
     real_home = os.path.realpath(home)

@@ -104,3 +104,36 @@ def carol_socket(testbed):
         os.unlink(path)
     if made:
         os.rmdir(rundir)
+
+
+class ReliabilityRecorder:
+    """Collects every reliability/security case with its result, for docs/reliability.md.
+
+    Each case is recorded before it is asserted, so a failing case still shows
+    up in the table as failed (scripts/reliability_report.py renders it).
+    """
+
+    def __init__(self):
+        self.cases = []
+        self.figures = {}
+
+    def record(self, section, case, expected, observed, ok):
+        self.cases.append(
+            {"section": section, "case": case, "expected": expected, "observed": str(observed)[:300], "ok": bool(ok)}
+        )
+        return ok
+
+    def figure(self, name, value):
+        self.figures[name] = value
+
+
+RELIABILITY_JSON = ARTIFACTS / "reliability.json"
+
+
+@pytest.fixture(scope="session")
+def reliability():
+    recorder = ReliabilityRecorder()
+    yield recorder
+    if recorder.cases:
+        ARTIFACTS.mkdir(exist_ok=True)
+        RELIABILITY_JSON.write_text(json.dumps({"cases": recorder.cases, "figures": recorder.figures}, indent=2))

@@ -29,6 +29,7 @@ def gpu_hub(testbed, hub_factory):
     c.RootlessGPUSpawner.gpus = 1
     c.RootlessGPUSpawner.max_gpus_per_user = 2
     c.RootlessGPUSpawner.system_user = lambda name: {BOB!r} if name.startswith("gpu-") else name
+    c.RootlessGPUSpawner.allow_shared_accounts = True  # the gpu-* students all use bob's account
     c.Spawner.poll_interval = 3
     """
     return hub_factory(config, STUDENTS + [BOB])
