@@ -910,8 +910,8 @@ class RootlessGPUSpawner(DockerSpawner):
     async def _remove_quietly(self):
         try:
             await self.remove_object()
-        except APIError:
-            self.log.warning("could not remove failed container %s", self.object_name, exc_info=True)
+        except Exception:  # best effort: the next start removes leftovers too
+            self.log.warning("could not remove container %s", self.object_name, exc_info=True)
         self.object_id = ""
 
     async def poll(self):
@@ -933,7 +933,10 @@ class RootlessGPUSpawner(DockerSpawner):
                 return 1
             raise
         if status is not None:
-            # The hub will not call stop() for a dead server: let go of its GPUs and daemon here.
+            # The hub will not call stop() for a dead server: clean up here. An exited
+            # container is removed (files live in the workspace), its GPUs released.
+            if self.remove and self.object_id:
+                await self._remove_quietly()
             self._release_gpus()
             self._disconnect()
         return status

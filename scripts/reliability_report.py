@@ -43,7 +43,11 @@ def _cell(text) -> str:
 
 
 def render(data: dict) -> str:
-    cases, figures = data["cases"], data["figures"]
+    cases, figures = data["cases"], dict(data["figures"])
+    hostile = [c for c in cases if c["section"] == "Hostile and broken input"]
+    if hostile:
+        figures.setdefault("hostile_cases", len(hostile))
+        figures.setdefault("hostile_refused_clearly", sum(c["ok"] for c in hostile))
     passed = sum(c["ok"] for c in cases)
     out = [
         "# Reliability and security figures",

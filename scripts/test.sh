@@ -17,4 +17,11 @@ trap teardown EXIT
 "$py" -m tests.testbed up
 
 mkdir -p artifacts
-"$py" -m pytest -v -rs -p no:cacheprovider --junitxml=artifacts/junit.xml "$@" tests
+rm -f artifacts/reliability.json
+status=0
+"$py" -m pytest -v -rs -p no:cacheprovider --junitxml=artifacts/junit.xml "$@" tests || status=$?
+# docs/reliability.md is regenerated from what this run measured.
+if [ -f artifacts/reliability.json ]; then
+  "$py" scripts/reliability_report.py || status=1
+fi
+exit "$status"

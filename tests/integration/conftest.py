@@ -60,10 +60,25 @@ def base_spawner_config(testbed) -> str:
     """
 
 
+def remove_leftover_containers(testbed):
+    """Each test hub has a fresh database: containers of an earlier hub would only confuse it."""
+    for user in testbed["users"].values():
+        path = user["docker_host"][len("unix://"):]
+        if not os.path.exists(path):
+            continue
+        client = docker.DockerClient(base_url=user["docker_host"], timeout=60)
+        try:
+            for c in client.containers.list(all=True, filters={"label": "org.rootless-gpu-spawner.hub-user"}):
+                c.remove(force=True)
+        finally:
+            client.close()
+
+
 @pytest.fixture(scope="module")
-def hub_factory(tmp_path_factory):
+def hub_factory(testbed, tmp_path_factory):
     """Start real hubs for a test module; all are stopped (servers first) at its end."""
     started = []
+    remove_leftover_containers(testbed)
 
     def start(spawner_config: str, users):
         workdir = tmp_path_factory.mktemp("hub")

@@ -87,6 +87,7 @@ def test_exclusive_allocation_refusal_restart_and_release(gpu_hub, daemons):
     (c2,) = containers_of(daemons[BOB], s2)
     c2.kill()
     wait_gone(hub, s2)
+    assert containers_of(daemons[BOB], s2) == []  # poll also removed the dead container
     r = hub.spawn(s1, {"gpus": ["%s" % sorted(g2)[0]]})
     assert r.status_code in (201, 202), r.text
     hub.wait_ready(s1)
