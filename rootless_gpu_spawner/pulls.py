@@ -24,16 +24,72 @@ class PullResult:
     attempts: list = field(default_factory=list)  # (reference, error or None)
 
 
-def _drain_pull(client, repository: str, tag: str) -> None:
+class PullProgress:
+    """Per-layer byte counts from a pull stream, summed into one figure.
+
+    Layers report "Downloading" with current/total bytes, then "Download
+    complete" / "Pull complete"; a layer already present reports "Already
+    exists" and counts as done without bytes.
+    """
+
+    def __init__(self):
+        self.layers: dict[str, list] = {}  # id -> [current, total, done]
+
+    LAYER_STATUSES = {"Pulling fs layer", "Waiting", "Downloading", "Verifying Checksum",
+                      "Download complete", "Extracting", "Pull complete", "Already exists"}
+
+    def feed(self, chunk: dict) -> bool:
+        """Account for one stream message; True when the figures changed."""
+        layer, status = chunk.get("id"), chunk.get("status", "")
+        if not layer or status not in self.LAYER_STATUSES:
+            return False  # "Pulling from …", "Digest: …", "Status: …"
+        entry = self.layers.setdefault(layer, [0, 0, False])
+        detail = chunk.get("progressDetail") or {}
+        if status == "Downloading" and detail.get("total"):
+            entry[0], entry[1] = detail.get("current", 0), detail["total"]
+        elif status in ("Download complete", "Pull complete", "Already exists"):
+            if entry[1]:
+                entry[0] = entry[1]
+            entry[2] = True
+        return True
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(e[0] for e in self.layers.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e[1] for e in self.layers.values())
+
+    @property
+    def fraction(self) -> float:
+        """0..1 over the layers to fetch (those already present don't count).
+
+        Docker announces every layer ("Pulling fs layer") before downloading,
+        so the denominator is known early and the figure only grows.
+        """
+        todo = [e for e in self.layers.values() if not (e[2] and not e[1])]  # skip "Already exists"
+        if not todo:
+            return 0.0  # nothing announced to fetch yet
+        return sum(1.0 if e[2] else (e[0] / e[1] if e[1] else 0.0) for e in todo) / len(todo)
+
+
+def _drain_pull(client, repository: str, tag: str, on_progress=None) -> None:
     """Run a streamed pull to the end, raising on an error reported mid-stream.
 
     The Engine API answers 200 and reports most pull failures (manifest
-    unknown, unauthorized, network) inside the JSON stream.
+    unknown, unauthorized, network) inside the JSON stream. Runs on the
+    daemon's thread; ``on_progress(PullProgress)`` must be thread-safe.
     """
+    progress = PullProgress()
     for chunk in client.pull(repository, tag=tag, stream=True, decode=True):
-        if isinstance(chunk, dict) and (chunk.get("error") or chunk.get("errorDetail")):
+        if not isinstance(chunk, dict):
+            continue
+        if chunk.get("error") or chunk.get("errorDetail"):
             detail = chunk.get("errorDetail") or {}
             raise ImageError(chunk.get("error") or detail.get("message") or str(chunk))
+        if progress.feed(chunk) and on_progress is not None:
+            on_progress(progress)
 
 
 async def _present(conn, names) -> str | None:
@@ -47,7 +103,16 @@ async def _present(conn, names) -> str | None:
 
 
 async def ensure_image(
-    conn, ref: ImageRef, *, policy: str, mirror_prefixes, fallback_to_upstream: bool, account: str
+    conn,
+    ref: ImageRef,
+    *,
+    policy: str,
+    mirror_prefixes,
+    fallback_to_upstream: bool,
+    account: str,
+    skip_mirror=None,
+    on_attempt=None,
+    on_progress=None,
 ) -> PullResult:
     """Make ``ref`` available on the daemon behind ``conn``; return the local name to use.
 
@@ -58,6 +123,8 @@ async def ensure_image(
     """
     policy = policy.lower()
     candidates = pull_candidates(ref, mirror_prefixes, fallback_to_upstream)
+    prefixes = list(mirror_prefixes) if ref.is_docker_hub else []
+    sources = [(prefixes[i] if i < len(prefixes) else None, c) for i, c in enumerate(candidates)]
     if policy == "skip":
         return PullResult(ref.familiar)
     if policy != "always":
@@ -74,19 +141,31 @@ async def ensure_image(
             )
 
     result = PullResult(ref.familiar)
-    for candidate in candidates:
+    for prefix, candidate in sources:
+        if prefix is not None and skip_mirror is not None:
+            reason = await skip_mirror(prefix)
+            if reason:
+                result.attempts.append((candidate.familiar, reason))
+                if on_attempt:
+                    on_attempt(candidate.familiar, prefix, reason)
+                continue
         repository, tag = candidate.pull_args
         log.info("pulling %s for %s (as %s)", ref.familiar, account, candidate.familiar)
+        report = (lambda p, name=candidate.familiar: on_progress(name, p)) if on_progress else None
         try:
-            await conn.run(_drain_pull, conn.client, repository, tag)
+            await conn.run(_drain_pull, conn.client, repository, tag, report)
         except Exception as e:  # one failed source: note it and try the next
             if is_connection_error(e):
                 raise
             reason = e.explanation if isinstance(e, APIError) and e.explanation else str(e)
             log.warning("pull of %s failed: %s", candidate.familiar, reason)
             result.attempts.append((candidate.familiar, reason))
+            if on_attempt:
+                on_attempt(candidate.familiar, prefix, reason)
             continue
         result.attempts.append((candidate.familiar, None))
+        if on_attempt:
+            on_attempt(candidate.familiar, prefix, None)
         result.pulled_from = candidate.familiar
         if candidate != ref:
             result.image = await _adopt_canonical_name(conn, ref, candidate)

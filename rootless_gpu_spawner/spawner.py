@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pwd
+import time
 
 from dockerspawner import DockerSpawner
 from docker.errors import APIError
@@ -27,6 +29,8 @@ from .gpus import (
 )
 from .options_form import FormChoices, needs_form, parse_form, render_form
 from .images import InvalidImageReference, normalize_mirror_prefix, parse_image_reference
+from . import mirrors
+from .progress import ProgressFeed, pull_message
 from .pulls import ImageError, ensure_image
 from .workspace import WorkspaceError, ensure_workspace
 
@@ -353,6 +357,43 @@ class RootlessGPUSpawner(DockerSpawner):
         """,
     )
 
+    mirror_probe_timeout = Float(
+        2.0,
+        config=True,
+        help="""
+        Seconds to wait for a TCP connection to a mirror before skipping it (a
+        dead mirror would otherwise cost each pull the daemon's ~30 s)::
+
+            c.RootlessGPUSpawner.mirror_probe_timeout = 2
+        """,
+    )
+
+    mirror_cooldown = Float(
+        300.0,
+        config=True,
+        help="""
+        Seconds a mirror that failed is left out before it is tried again::
+
+            c.RootlessGPUSpawner.mirror_cooldown = 300
+        """,
+    )
+
+    max_concurrent_starts = Int(
+        config=True,
+        help="""
+        How many servers may be starting (container start until the server
+        answers) at once on this host; the others wait their turn, so when a
+        class presses Start together students become ready one after another
+        instead of all late. Default: the number of CPU cores. 0: no limit::
+
+            c.RootlessGPUSpawner.max_concurrent_starts = 4
+        """,
+    )
+
+    @default("max_concurrent_starts")
+    def _default_max_concurrent_starts(self):
+        return max(1, os.cpu_count() or 1)
+
     # ---- per-server state ----------------------------------------------------------------
 
     account: Account | None = None
@@ -360,6 +401,7 @@ class RootlessGPUSpawner(DockerSpawner):
     gpu_assignment = List()  # GPUs held under the exclusive policy (persisted)
     _connection = None
     _daemon_info: dict = {}
+    _progress: ProgressFeed | None = None
 
     def _user_key(self):
         return (self.user.name, self.name)
@@ -748,7 +790,23 @@ class RootlessGPUSpawner(DockerSpawner):
     def get_args(self):
         return server_args(super().get_args(), self.run_as_root)
 
+    async def progress(self):
+        feed = self._progress
+        if feed is None:
+            yield {"progress": 10, "message": "starting..."}
+            return
+        async for event in feed.follow():
+            yield event
+
     async def start(self):
+        self._progress = ProgressFeed(self.log, self._log_name)
+        try:
+            return await self._start()
+        finally:
+            self._progress.close()
+
+    async def _start(self):
+        feed = self._progress
         options = self.validated_user_options()
         ref = await self._resolve_image(options.get("image"))
         gpus = options.get("gpus", self.default_gpu_request())
@@ -761,6 +819,7 @@ class RootlessGPUSpawner(DockerSpawner):
                 )
             except WorkspaceError as e:
                 raise SpawnRefused(403, f"workspace for {account.name}: {e}") from None
+            feed.emit(5, f"connecting to {account.name}'s rootless Docker")
             await self.connect(may_start=True)
             if self.gpu_policy == "exclusive":
                 gpus = await self._allocate_gpus(gpus)
@@ -788,6 +847,8 @@ class RootlessGPUSpawner(DockerSpawner):
         if options.get("image"):
             # Like DockerSpawner: remember the student's choice (JUPYTER_IMAGE_SPEC).
             self.image = ref.familiar
+        feed = self._progress
+        feed.emit(10, f"checking image {ref.familiar}")
         try:
             pulled = await ensure_image(
                 self._connection,
@@ -796,6 +857,11 @@ class RootlessGPUSpawner(DockerSpawner):
                 mirror_prefixes=self.mirror_prefixes,
                 fallback_to_upstream=self.mirror_fallback_to_upstream,
                 account=account.name,
+                skip_mirror=self._skip_mirror,
+                on_attempt=self._pull_attempt,
+                on_progress=lambda source, p: feed.emit_threadsafe(
+                    10 + int(60 * p.fraction), pull_message(ref.familiar, source, p.done_bytes, p.total_bytes)
+                ),
             )
         except ImageError as e:
             raise SpawnRefused(500, str(e)) from None
@@ -807,6 +873,13 @@ class RootlessGPUSpawner(DockerSpawner):
             raise
         if pulled.pulled_from:
             self.log.info("image %s for %s pulled from %s", ref.familiar, account.name, pulled.pulled_from)
+            feed.emit(70, f"pulled {ref.familiar} from {pulled.pulled_from}")
+
+        async with self._start_slot():
+            return await self._run_container(pulled, workspace, gpus, account)
+
+    async def _run_container(self, pulled, workspace, gpus, account):
+        feed = self._progress
 
         obj = await self.get_object()
         if obj and self.remove:
@@ -838,7 +911,64 @@ class RootlessGPUSpawner(DockerSpawner):
             raise
         if self.post_start_cmd:
             await self.post_start_exec()
-        return await self.get_ip_and_port()
+        ip, port = await self.get_ip_and_port()
+        feed.emit(90, "container started, waiting for JupyterLab to answer")
+        await self._wait_until_listening(ip, port)
+        return ip, port
+
+    def _start_slot(self):
+        """Admission: at most ``max_concurrent_starts`` servers starting at once on this host."""
+        global _admission
+        limit = self.max_concurrent_starts
+        if limit <= 0:
+            return _NoSlot()
+        if _admission is None or _admission[0] != limit:
+            _admission = (limit, asyncio.Semaphore(limit))
+        return _Slot(_admission[1], self._progress)
+
+    async def _wait_until_listening(self, ip, port):
+        """Return as soon as the server answers HTTP at all (any status).
+
+        The hub then finds it up at its first check instead of after an
+        exponential back-off step, and the admission slot is held exactly
+        while the server is starting. Bounded by ``http_timeout``; on timeout
+        the hub's own wait reports the usual error.
+        """
+        from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+        base_url = getattr(getattr(self, "server", None), "base_url", None) or "/"
+        url = f"http://{ip}:{port}{base_url}api"
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            try:
+                await client.fetch(url, connect_timeout=1, request_timeout=2, follow_redirects=False)
+                return
+            except HTTPClientError as e:
+                if e.code != 599:
+                    return  # an HTTP answer, even 403 or 302: the server is up
+            except (OSError, ConnectionError):
+                pass
+            await asyncio.sleep(0.05)
+
+    async def _skip_mirror(self, prefix):
+        """Why a mirror is left out now (cooling down after a failure, or unreachable), or None."""
+        if not mirrors.health.usable(prefix):
+            return f"skipped: failed recently (cool-down {int(self.mirror_cooldown)} s)"
+        host, port = mirrors.mirror_address(prefix, self.host_gateway_ip)
+        if not await mirrors.reachable(host, port, self.mirror_probe_timeout):
+            mirrors.health.failed(prefix, self.mirror_cooldown)
+            return f"skipped: no connection to {host}:{port} within {self.mirror_probe_timeout:g} s"
+        return None
+
+    def _pull_attempt(self, name, prefix, error):
+        if prefix is not None:
+            if error is None:
+                mirrors.health.succeeded(prefix)
+            elif not error.startswith("skipped"):
+                mirrors.health.failed(prefix, self.mirror_cooldown)
+        if error is not None:
+            self._progress.emit(None, f"{name}: {error[:160]}")
 
     def template_namespace(self):
         namespace = super().template_namespace()
@@ -962,6 +1092,29 @@ class RootlessGPUSpawner(DockerSpawner):
 
 
 _allocator: GPUAllocator | None = None
+_admission: tuple | None = None  # (limit, asyncio.Semaphore) for max_concurrent_starts
+
+
+class _Slot:
+    def __init__(self, semaphore, feed):
+        self.semaphore, self.feed = semaphore, feed
+
+    async def __aenter__(self):
+        if self.semaphore.locked():
+            self.feed.emit(75, "waiting for a start slot: other servers are starting on this host")
+        await self.semaphore.acquire()
+        self.feed.emit(80, "starting the container")
+
+    async def __aexit__(self, *exc):
+        self.semaphore.release()
+
+
+class _NoSlot:
+    async def __aenter__(self):
+        return None
+
+    async def __aexit__(self, *exc):
+        return None
 # system account -> hub users with a server on it (allow_shared_accounts)
 _account_users: dict[str, set] = {}
 
