@@ -1,8 +1,16 @@
-"""rootless-gpu-admin: control students' rootless Docker daemons from the command line.
+"""rootless-gpu-admin: set up and check a host for rootless per-student Docker.
 
-    rootless-gpu-admin start-daemon NAME [--gpu-stub-dir DIR]
+    rootless-gpu-admin doctor [--user NAME ...] [--json]
+    rootless-gpu-admin bootstrap [--user NAME ... | --group GROUP] [--mirror URL ...] [--gpu] [--dry-run] [--json]
+    rootless-gpu-admin start-daemon NAME
     rootless-gpu-admin stop-daemon NAME
     rootless-gpu-admin status [NAME ...] [--json]
+
+``doctor`` checks the host (and each named user) and prints the exact fix
+for every problem; it exits 0 only when nothing fails.  ``bootstrap`` makes
+the host and the users right, idempotently (a second run changes nothing;
+``--dry-run`` only says what it would do).  Everything but ``doctor`` for
+oneself and ``status`` needs root.
 """
 
 from __future__ import annotations
@@ -12,27 +20,178 @@ import json
 import os
 import pwd
 import sys
+from urllib.parse import urlparse
 
-from . import daemonctl
+from . import bootstrap as bootstrap_mod
+from . import daemonctl, hostchecks, service
 from .accounts import SYSTEM_USERNAME
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
 class AdminError(RuntimeError):
     pass
 
 
-def _account(name: str):
-    if not SYSTEM_USERNAME.match(name or ""):
-        raise AdminError(f"{name[:64]!r} is not a valid login name (lowercase letters, digits, '_', '.', '-')")
+def _account(name: str) -> pwd.struct_passwd:
+    if not isinstance(name, str) or not SYSTEM_USERNAME.match(name):
+        raise AdminError(
+            f"{str(name)[:64]!r} is not a valid login name (lowercase letter or '_' first, then lowercase "
+            "letters, digits, '_', '.', '-'; at most 32 characters)"
+        )
     try:
         return pwd.getpwnam(name)
     except KeyError:
         raise AdminError(f"no such user {name!r}: create it first (useradd -m {name})") from None
 
 
+def _accounts(names) -> list[pwd.struct_passwd]:
+    out, seen = [], set()
+    for n in names or []:
+        pw = _account(n)
+        if pw.pw_name not in seen:
+            seen.add(pw.pw_name)
+            out.append(pw)
+    return out
+
+
 def _require_root(what: str):
     if os.geteuid() != 0:
-        raise AdminError(f"'{what}' changes another user's daemon: run it as root (sudo)")
+        raise AdminError(f"'{what}' changes the host or other users' accounts: run it as root (sudo)")
+
+
+def _me() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+# ------------------------------------------------------------------ doctor
+
+_MARK = {"pass": "ok", "fail": "FAIL", "warn": "warn", "skip": "skip"}
+
+
+def format_checks(checks: list) -> str:
+    out, scope = [], None
+    for c in checks:
+        if c.scope != scope:
+            scope = c.scope
+            out.append("host" if scope == "host" else f"user {scope}")
+        out.append(f"  [{_MARK[c.status]:>4}] {c.name}: {c.detail}")
+        if c.fix and c.status != "pass":
+            first, *rest = c.fix.splitlines()
+            out.append("         fix: " + first)
+            out += ["              " + line for line in rest]
+    fails = [c for c in checks if c.status == "fail"]
+    warns = [c for c in checks if c.status == "warn"]
+    if fails:
+        out.append(f"{len(fails)} problem(s): " + ", ".join(f"{c.scope}/{c.name}" for c in fails)
+                   + f"; {len(warns)} warning(s). Apply the fixes above (or run 'rootless-gpu-admin bootstrap').")
+    else:
+        out.append(f"all checks passed ({len(warns)} warning(s)).")
+    return "\n".join(out)
+
+
+def cmd_doctor(args) -> int:
+    names = args.user or []
+    if os.geteuid() != 0:
+        me = _me()
+        others = [n for n in names if n != me]
+        if others:
+            raise AdminError(f"doctor for other users ({', '.join(others)}) needs root; without root you can check yourself: "
+                             "rootless-gpu-admin doctor")
+        names = names or [me]
+    users = _accounts(names)
+    paths = hostchecks.HostPaths.from_env(args.nvidia_config)
+    checks = hostchecks.run_doctor(users, paths)
+    ok = all(c.ok for c in checks)
+    if args.json:
+        print(json.dumps({"ok": ok, "users": [u.pw_name for u in users], "checks": [c.to_dict() for c in checks]}, indent=2))
+    else:
+        print(format_checks(checks))
+    return EXIT_OK if ok else EXIT_PROBLEMS
+
+
+# ------------------------------------------------------------------ bootstrap
+
+
+def _mirror(url: str) -> str:
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") or u.query or u.fragment \
+            or u.username or u.password:
+        raise AdminError(f"--mirror {url!r}: give a registry mirror as http(s)://HOST[:PORT] (no path, no credentials)")
+    return url
+
+
+def _insecure(value: str) -> str:
+    if not value or "://" in value or any(ch.isspace() for ch in value):
+        raise AdminError(f"--insecure-registry {value!r}: give HOST[:PORT] or a CIDR, without a scheme")
+    return value
+
+
+_STEP_MARK = {(True, False): "done", (True, True): "changed", (False, False): "FAILED", (False, True): "FAILED"}
+
+
+def format_steps(steps: list, dry_run: bool) -> str:
+    out = []
+    for s in steps:
+        mark = "FAILED" if not s.ok else ("would" if s.changed and dry_run else ("changed" if s.changed else "done"))
+        out.append(f"[{mark:>7}] {s.scope}: {s.name}: {s.detail}")
+    failed = [s for s in steps if not s.ok]
+    changed = [s for s in steps if s.changed and s.ok]
+    if failed:
+        out.append(f"{len(failed)} step(s) FAILED: " + ", ".join(f"{s.scope}/{s.name}" for s in failed))
+    elif dry_run:
+        out.append(f"dry run: {len(changed)} step(s) would change something; nothing was changed.")
+    else:
+        out.append(f"{len(changed)} step(s) changed something; the rest was already done.")
+    return "\n".join(out)
+
+
+def cmd_bootstrap(args) -> int:
+    _require_root("bootstrap")
+    if args.user and args.group:
+        raise AdminError("give either --user NAME ... or --group GROUP, not both")
+    names = list(args.user or [])
+    if args.group:
+        if not SYSTEM_USERNAME.match(args.group):
+            raise AdminError(f"{args.group[:64]!r} is not a valid group name")
+        try:
+            names = bootstrap_mod.group_members(args.group)
+        except bootstrap_mod.BootstrapError as e:
+            raise AdminError(str(e)) from None
+        if not names:
+            raise AdminError(f"group {args.group!r} has no members")
+    users = _accounts(names)
+    for pw in users:
+        if pw.pw_uid < bootstrap_mod.MIN_UID:
+            raise AdminError(f"{pw.pw_name} (uid {pw.pw_uid}) is a system account; bootstrap sets up students (uid >= {bootstrap_mod.MIN_UID})")
+    mirrors = [_mirror(m) for m in args.mirror] if args.mirror else None
+    insecure = [_insecure(i) for i in args.insecure_registry] if args.insecure_registry else None
+    if args.gpu_stub_dir and not os.path.isabs(args.gpu_stub_dir):
+        raise AdminError("--gpu-stub-dir must be an absolute path")
+    b = bootstrap_mod.Bootstrapper(
+        dry_run=args.dry_run,
+        paths=hostchecks.HostPaths.from_env(args.nvidia_config),
+        timeout=args.timeout,
+        restart=not args.no_restart,
+    )
+    steps = b.host(gpu=args.gpu)
+    for pw in users:
+        steps += b.user(pw, mirrors, insecure, start=not args.no_start, gpu_stub_dir=args.gpu_stub_dir)
+    ok = all(s.ok for s in steps)
+    if args.json:
+        print(json.dumps({
+            "ok": ok,
+            "dry_run": args.dry_run,
+            "changed": any(s.changed for s in steps),
+            "users": [u.pw_name for u in users],
+            "steps": [s.to_dict() for s in steps],
+        }, indent=2))
+    else:
+        print(format_steps(steps, args.dry_run))
+    return EXIT_OK if ok else EXIT_PROBLEMS
+
+
+# ------------------------------------------------------------------ daemons
 
 
 def cmd_start(args) -> int:
@@ -40,21 +199,21 @@ def cmd_start(args) -> int:
     pw = _account(args.name)
     daemonctl.check_tun(pw)
     daemonctl.check_subids(pw)
-    pid = daemonctl.start_daemon(pw, gpu_stub_dir=args.gpu_stub_dir, timeout=args.timeout)
+    pid = service.start_daemon_for(pw, args.timeout, gpu_stub_dir=args.gpu_stub_dir)
     print(f"rootless Docker for {pw.pw_name} is running (pid {pid}, {daemonctl.daemon_paths(pw.pw_uid).docker_host})")
-    return 0
+    return EXIT_OK
 
 
 def cmd_stop(args) -> int:
     _require_root("stop-daemon")
     pw = _account(args.name)
-    stopped = daemonctl.stop_daemon(pw, timeout=args.timeout)
+    stopped = service.stop_daemon_for(pw, timeout=args.timeout)
     print(f"rootless Docker for {pw.pw_name} " + ("stopped" if stopped else "was not running"))
-    return 0
+    return EXIT_OK
 
 
 def cmd_status(args) -> int:
-    names = args.names or [pwd.getpwuid(os.geteuid()).pw_name]
+    names = args.names or [_me()]
     results = [daemonctl.daemon_status(_account(n)) for n in names]
     if args.json:
         print(json.dumps(results, indent=2))
@@ -63,21 +222,55 @@ def cmd_status(args) -> int:
             state = "running" if st["running"] else "not running"
             extra = f", rootless={st['rootless']}, docker {st['server_version']}" if st["running"] else ""
             print(f"{st['user']}: {state}{extra}" + (f" -- {st['error']}" if st["error"] else ""))
-    return 0 if all(st["running"] and st["rootless"] for st in results) else 1
+    return EXIT_OK if all(st["running"] and st["rootless"] for st in results) else EXIT_PROBLEMS
+
+
+# ------------------------------------------------------------------ CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rootless-gpu-admin", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("start-daemon", help="start a user's rootless dockerd (without systemd)")
+    parser = argparse.ArgumentParser(
+        prog="rootless-gpu-admin",
+        description="Set up and check a host where each student runs JupyterLab on their own rootless Docker daemon.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="check the host and users; print the fix for every problem (exit 0 = all pass)")
+    p.add_argument("--user", action="append", metavar="NAME", help="also check this user (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--nvidia-config", help=argparse.SUPPRESS)  # tests: a temporary config.toml
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("bootstrap", help="set up the host and users idempotently (root)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--user", action="append", metavar="NAME", help="set up this user (repeatable)")
+    who.add_argument("--group", metavar="GROUP", help="set up every member of this group")
+    p.add_argument("--mirror", action="append", metavar="URL",
+                   help="registry mirror for the users' daemon.json (repeatable, in order)")
+    p.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
+                   help="plain-http registry for the users' daemon.json (repeatable)")
+    p.add_argument("--gpu", action="store_true", help="also set no-cgroups = true in the NVIDIA Container Toolkit config")
+    p.add_argument("--dry-run", action="store_true", help="print every change, make none")
+    p.add_argument("--no-restart", action="store_true",
+                   help="do not restart a running daemon whose configuration changed (say what to run instead)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for each daemon to answer")
+    p.add_argument("--nvidia-config", help=argparse.SUPPRESS)  # tests: a temporary config.toml
+    p.add_argument("--gpu-stub-dir", help=argparse.SUPPRESS)  # tests: a simulated GPU host
+    p.add_argument("--no-start", action="store_true", help=argparse.SUPPRESS)  # tests: a user without a daemon
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("start-daemon", help="start a user's rootless dockerd (systemd user service or by hand)")
     p.add_argument("name")
     p.add_argument("--gpu-stub-dir", help=argparse.SUPPRESS)  # tests: a simulated GPU host
     p.add_argument("--timeout", type=float, default=60)
     p.set_defaults(func=cmd_start)
+
     p = sub.add_parser("stop-daemon", help="stop a user's rootless dockerd")
     p.add_argument("name")
     p.add_argument("--timeout", type=float, default=30)
     p.set_defaults(func=cmd_stop)
+
     p = sub.add_parser("status", help="is each user's daemon up and rootless?")
     p.add_argument("names", nargs="*")
     p.add_argument("--json", action="store_true")
@@ -86,12 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse already printed
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return args.func(args)
     except (AdminError, daemonctl.DaemonError) as e:
         print(f"rootless-gpu-admin: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

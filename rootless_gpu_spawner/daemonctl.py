@@ -65,9 +65,13 @@ __all__ = [
     "ensure_runtime_dir",
     "ensure_user_dir",
     "merge_daemon_json",
+    "read_user_file",
+    "write_user_file",
     "check_tun",
     "check_subids",
     "find_binaries",
+    "find_binary",
+    "ROOTLESSKIT_FLAGS",
     "start_daemon",
     "stop_daemon",
     "daemon_status",
@@ -98,6 +102,20 @@ DAEMON_COMMS = frozenset(
         "containerd-shim",  # also containerd-shim-runc-v2, comm is cut at 15 chars
         "docker-proxy",
     }
+)
+#: How rootlesskit runs dockerd-rootless.sh: what the script itself does,
+#: minus ``--disable-host-loopback`` (hard-coded in Debian's 20.10 script),
+#: so containers reach the hub on the host's loopback as 10.0.2.2.  Also
+#: used for the systemd drop-in written by ``rootless-gpu-admin bootstrap``.
+ROOTLESSKIT_FLAGS = (
+    "--net=slirp4netns",
+    "--mtu=65520",
+    "--slirp4netns-sandbox=auto",
+    "--slirp4netns-seccomp=auto",
+    "--port-driver=builtin",
+    "--copy-up=/etc",
+    "--copy-up=/run",
+    "--propagation=rslave",
 )
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _POLL = 0.2
@@ -330,6 +348,56 @@ def ensure_user_dir(pw: pwd.struct_passwd, rel: str) -> str:
     return os.path.join(home, *comps)
 
 
+def read_user_file(pw: pwd.struct_passwd, rel: str, limit: int = 1 << 20) -> Optional[bytes]:
+    """Content of ``~user/rel`` read as root without following symlinks out
+    of the home (None when it or a parent dir does not exist)."""
+    home, parts, name = _home_relpath(pw, rel)
+    hfd = os.open(home, _O_DIR)
+    try:
+        try:
+            dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, False, home)
+        except FileNotFoundError:
+            return None
+    finally:
+        os.close(hfd)
+    try:
+        return _read_small(dfd, name, limit=limit, what=os.path.join(home, *parts, name))
+    finally:
+        os.close(dfd)
+
+
+def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o644, *, dry_run: bool = False) -> bool:
+    """Make ``~user/rel`` hold *data*, owned by the user; return changed.
+
+    Same rules as merge_daemon_json: parents created 0700 and owned by the
+    user, no symlink followed, atomic rename, the previous content kept as
+    ``rel.bak``, nothing written (no mtime churn) when the content is
+    already right.  With *dry_run* nothing is created or written.
+    """
+    home, parts, name = _home_relpath(pw, rel)
+    shown = os.path.join(home, *parts, name)
+    hfd = os.open(home, _O_DIR)
+    try:
+        try:
+            dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, not dry_run, home)
+        except FileNotFoundError:
+            return True  # dry run: the directory would be created
+    finally:
+        os.close(hfd)
+    try:
+        old = _read_small(dfd, name, what=shown)
+        if old == data:
+            return False
+        if dry_run:
+            return True
+        if old is not None:
+            _atomic_write(dfd, name + ".bak", old, pw.pw_uid, pw.pw_gid, mode)
+        _atomic_write(dfd, name, data, pw.pw_uid, pw.pw_gid, mode)
+        return True
+    finally:
+        os.close(dfd)
+
+
 # --------------------------------------------------------------------------
 # Runtime dir and daemon.json
 # --------------------------------------------------------------------------
@@ -371,6 +439,8 @@ def merge_daemon_json(
     pw: pwd.struct_passwd,
     registry_mirrors: Optional[list[str]] = None,
     insecure_registries: Optional[list[str]] = None,
+    *,
+    dry_run: bool = False,
 ) -> bool:
     """Merge our keys into ``~user/.config/docker/daemon.json``; return changed.
 
@@ -383,16 +453,21 @@ def merge_daemon_json(
     changes, the previous file is kept as ``daemon.json.bak``.  The daemon
     only reads the file at start, so callers restart it when this returns
     True.  Runs as root on the user's home: homes on NFS with root_squash
-    need this done as the user instead.
+    need this done as the user instead.  With *dry_run* nothing is created
+    or written; the return value says whether it would be.
     """
     rel = ".config/docker/daemon.json"
     home, parts, name = _home_relpath(pw, rel)
     shown = os.path.join(home, *parts, name)
     hfd = os.open(home, _O_DIR)
     try:
-        dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, True, home)
+        dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, not dry_run, home)
+    except FileNotFoundError:
+        dfd = None  # dry run: ~/.config/docker does not exist yet
     finally:
         os.close(hfd)
+    if dfd is None:
+        return any(v for v in (registry_mirrors, insecure_registries))
     try:
         old_bytes = _read_small(dfd, name, what=shown)
         if old_bytes is not None:
@@ -424,6 +499,8 @@ def merge_daemon_json(
                 new.pop(key, None)
         if new == old and (old_bytes is not None or not new):
             return False
+        if dry_run:
+            return True
         if old_bytes is not None:
             _atomic_write(dfd, name + ".bak", old_bytes, pw.pw_uid, pw.pw_gid, 0o644)
         _atomic_write(dfd, name, (json.dumps(new, indent=2) + "\n").encode(), pw.pw_uid, pw.pw_gid, 0o644)
@@ -518,6 +595,11 @@ def _which(name: str, dirs: list[str]) -> Optional[str]:
         if os.path.isfile(p) and os.access(p, os.X_OK):
             return p
     return None
+
+
+def find_binary(name: str) -> Optional[str]:
+    """Path of an executable *name* on $PATH or the usual system/contrib dirs."""
+    return _which(name, _search_dirs())
 
 
 def find_binaries() -> dict[str, str]:
@@ -906,14 +988,7 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
 
         cmd = [
             bins["rootlesskit"],
-            "--net=slirp4netns",
-            "--mtu=65520",
-            "--slirp4netns-sandbox=auto",
-            "--slirp4netns-seccomp=auto",
-            "--port-driver=builtin",
-            "--copy-up=/etc",
-            "--copy-up=/run",
-            "--propagation=rslave",
+            *ROOTLESSKIT_FLAGS,
             f"--state-dir={paths.runtime_dir}/dockerd-rootless",
             bins["dockerd-rootless.sh"],
         ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import time
 
 from dockerspawner import DockerSpawner
@@ -550,12 +549,12 @@ class RootlessGPUSpawner(DockerSpawner):
             raise
 
     async def _start_daemon(self, account: Account, reason: str):
-        from . import daemonctl
+        from . import daemonctl, service
 
         self.log.warning("starting rootless Docker for %s (%s)", account.name, reason)
         try:
-            entry = await asyncio.to_thread(pwd.getpwnam, account.name)
-            pid = await asyncio.to_thread(daemonctl.start_daemon, entry, timeout=self.docker_api_timeout)
+            # The same code as `rootless-gpu-admin start-daemon` (systemd user unit or by hand).
+            pid = await asyncio.to_thread(service.start_daemon_for, account.name, self.docker_api_timeout)
         except daemonctl.DaemonError as e:
             raise SpawnRefused(
                 503, f"rootless Docker for {account.name} was not running and could not be started: {e}"

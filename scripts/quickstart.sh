@@ -24,14 +24,10 @@ admin="$RGS_VENV/bin/rootless-gpu-admin"
 
 if ! id "$DEMO_USER" >/dev/null 2>&1; then
   log "creating demo student $DEMO_USER"
-  useradd -m -s /bin/bash "$DEMO_USER"   # also gives /etc/subuid and /etc/subgid ranges
+  useradd -m -s /bin/bash "$DEMO_USER"
 fi
-# slirp4netns needs /dev/net/tun usable by users (0666 is the default on most distributions).
-if [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
-  log "chmod 666 /dev/net/tun (rootless networking needs it)"
-  chmod 666 /dev/net/tun
-fi
-"$admin" start-daemon "$DEMO_USER"
+# Subordinate ids, /dev/net/tun, ~/workspace, daemon.json, and the rootless daemon itself.
+"$admin" bootstrap --user "$DEMO_USER"
 
 hub_version=$("$RGS_VENV/bin/python" -c 'import jupyterhub; print(jupyterhub.__version__)')
 bash scripts/build-lab-image.sh --hub-version "$hub_version" --out "$TARBALL"

@@ -6,8 +6,10 @@
 
 What ``up`` builds (facts in the shared TESTBED.md):
 
-* test users rgstest-alice, rgstest-bob, rgstest-carol (with subuid/subgid
-  ranges and ``~/workspace``);
+* test users rgstest-alice, rgstest-bob, rgstest-carol, provisioned with
+  ``rootless-gpu-admin bootstrap`` (the admin CLI, run as a subprocess, so
+  every CI run exercises it): ``/dev/net/tun``, subuid/subgid ranges,
+  ``~/workspace``, ``daemon.json`` and the daemons;
 * a rootless dockerd for alice (plain host) and bob (*simulated GPU host*:
   an ``exit 0`` ``nvidia-container-runtime-hook`` stub first on the daemon's
   PATH, which proves the GPU request path, not CUDA); carol has none, she
@@ -40,7 +42,7 @@ import time
 import urllib.parse
 from typing import Optional
 
-from rootless_gpu_spawner import daemonctl
+from rootless_gpu_spawner import daemonctl, hostchecks
 from rootless_gpu_spawner.daemonctl import DaemonError
 
 STATE_DIR = "/var/lib/rootless-gpu-spawner-testbed"
@@ -115,39 +117,58 @@ def write_atomic(path: str, data: str, mode: int = 0o644) -> None:
 # ---------------------------------------------------------------- users
 
 
-def _subid_total(path: str, pw: pwd.struct_passwd) -> int:
-    return sum(c for _, c in daemonctl._subid_ranges(path, pw))
-
-
-def _free_subid_start() -> int:
-    end = 100000
-    for path in ("/etc/subuid", "/etc/subgid"):
-        try:
-            with open(path) as f:
-                for line in f:
-                    b = line.strip().split(":")
-                    if len(b) == 3 and b[1].isdigit() and b[2].isdigit():
-                        end = max(end, int(b[1]) + int(b[2]))
-        except FileNotFoundError:
-            pass
-    return end
-
-
 def ensure_user(name: str) -> pwd.struct_passwd:
+    """The account only; everything else is bootstrap's job (see bootstrap_user)."""
     try:
-        pw = pwd.getpwnam(name)
+        return pwd.getpwnam(name)
     except KeyError:
         run(["useradd", "-m", "-s", "/bin/bash", name], timeout=60)
-        pw = pwd.getpwnam(name)
-    # Debian's useradd allocates subordinate ids itself (SUB_UID_COUNT in
-    # /etc/login.defs); add a free range only if that did not happen.
-    if _subid_total("/etc/subuid", pw) < daemonctl.MIN_SUBIDS or _subid_total("/etc/subgid", pw) < daemonctl.MIN_SUBIDS:
-        start = _free_subid_start()
-        rng = f"{start}-{start + daemonctl.MIN_SUBIDS - 1}"
-        run(["usermod", "--add-subuids", rng, "--add-subgids", rng, name], timeout=60)
-    daemonctl.check_subids(pw)
-    daemonctl.ensure_user_dir(pw, "workspace")
-    return pw
+        return pwd.getpwnam(name)
+
+
+def admin_cli(*args: str, timeout: float = 300) -> dict:
+    """Run ``rootless-gpu-admin ARGS --json`` (this interpreter's copy of the
+    package) and return its JSON answer; a failure raises with its output."""
+    cmd = [sys.executable, "-m", "rootless_gpu_spawner.admin", *args, "--json"]
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    try:
+        out = json.loads(p.stdout)
+    except ValueError:
+        out = None
+    if p.returncode != 0 or not isinstance(out, dict):
+        raise TestbedError(f"rootless-gpu-admin {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}{p.stderr[-2000:]}")
+    return out
+
+
+def _report(out: dict) -> None:
+    for s in out["steps"]:
+        step(f"bootstrap {s['scope']}: {s['name']}: {'CHANGED' if s['changed'] else 'done'}: {s['detail']}")
+
+
+def bootstrap_user(pw: pwd.struct_passwd, has_daemon: bool, gpu: bool) -> None:
+    """Provision one test user with ``rootless-gpu-admin bootstrap``.
+
+    Alice and bob get the local registry in daemon.json and a running daemon
+    (bob's with the GPU stub first on its PATH: a *simulated GPU host*);
+    carol gets subids and a workspace but no daemon.
+    """
+    args = ["bootstrap", "--user", pw.pw_name, "--timeout", "60"]
+    if has_daemon:
+        args += ["--insecure-registry", REGISTRY_FROM_DAEMON]
+        if gpu:
+            args += ["--gpu-stub-dir", GPU_STUB_DIR]
+        else:
+            # bootstrap restarts a daemon that lacks a requested stub; the
+            # reverse (a stub alice must not have) is the testbed's business.
+            st = daemonctl.daemon_status(pw)
+            if st["running"] and (hostchecks.process_path_env(st["pid"]) or "").split(":")[0] == GPU_STUB_DIR:
+                step(f"{pw.pw_name}: stopping daemon (it runs with the GPU stub, must not)")
+                daemonctl.stop_daemon(pw)
+    else:
+        args += ["--no-start"]
+    t = time.monotonic()
+    _report(admin_cli(*args))
+    step(f"{pw.pw_name}: bootstrapped in {time.monotonic() - t:.1f}s")
 
 
 # ---------------------------------------------------------------- GPU stub
@@ -312,35 +333,6 @@ def image_info(uid: int, ref: str) -> Optional[dict]:
     return json.loads(body)
 
 
-def _dockerd_path_env(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            for item in f.read().split(b"\0"):
-                if item.startswith(b"PATH="):
-                    return item[5:].decode(errors="replace")
-    except OSError:
-        pass
-    return ""
-
-
-def ensure_daemon(pw: pwd.struct_passwd, gpu: bool) -> int:
-    t = time.monotonic()
-    changed = daemonctl.merge_daemon_json(pw, insecure_registries=[REGISTRY_FROM_DAEMON])
-    st = daemonctl.daemon_status(pw)
-    if st["running"]:
-        has_stub = _dockerd_path_env(st["pid"]).split(":")[0] == GPU_STUB_DIR
-        if changed or has_stub != gpu:
-            why = "daemon.json changed" if changed else "GPU stub setting differs"
-            step(f"{pw.pw_name}: restarting daemon ({why})")
-            daemonctl.stop_daemon(pw)
-        else:
-            step(f"{pw.pw_name}: daemon already running (pid {st['pid']})")
-            return st["pid"]
-    pid = daemonctl.start_daemon(pw, gpu_stub_dir=GPU_STUB_DIR if gpu else None, timeout=60)
-    step(f"{pw.pw_name}: daemon started (pid {pid}, {'simulated GPU host' if gpu else 'no GPU'}) in {time.monotonic() - t:.1f}s")
-    return pid
-
-
 def ensure_tarball() -> str:
     env_tb = os.environ.get("RGS_LAB_IMAGE_TARBALL")
     if env_tb:
@@ -431,22 +423,19 @@ def ensure_mirror_image(pw: pwd.struct_passwd, image_id: str) -> None:
 
 
 def up() -> int:
-    # slirp4netns opens /dev/net/tun as the student; it is 0666 on ordinary
-    # distributions but 0600 on this CI VM, so make it the usual default.
-    os.chmod("/dev/net/tun", 0o666)
-    step("chmod 666 /dev/net/tun")
     for d in (STATE_DIR, RUN_DIR, DOCKER_CONFIG):
         os.makedirs(d, mode=0o755, exist_ok=True)
     users = {}
     for name in USERS:
         users[name] = ensure_user(name)
-    step("users " + ", ".join(f"{n}({pw.pw_uid})" for n, pw in users.items()) + " with subuids and ~/workspace")
+    step("users " + ", ".join(f"{n}({pw.pw_uid})" for n, pw in users.items()))
     ensure_gpu_stub()
     step(f"GPU stub at {GPU_STUB_DIR}/nvidia-container-runtime-hook")
     ensure_registry()
+    # The host step of bootstrap makes /dev/net/tun usable by users (0666 on
+    # ordinary distributions, 0600 on this CI VM); slirp4netns needs it.
     for name, (has_daemon, gpu) in USERS.items():
-        if has_daemon:
-            ensure_daemon(users[name], gpu)
+        bootstrap_user(users[name], has_daemon, gpu)
     for name, (has_daemon, _) in USERS.items():
         if has_daemon:
             st = daemonctl.daemon_status(users[name])
