@@ -5,7 +5,7 @@
 #
 #   sudo bash scripts/quickstart.sh
 #
-# Log in as rgs-demo / rgs-demo. Ctrl-C stops the hub and the demo daemon (files stay).
+# Log in as rgs-demo / rgs-demo (DEMO_PASSWORD). Ctrl-C stops the hub and the demo daemon (files stay).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -13,6 +13,7 @@ cd "$repo"
 RGS_VENV=${RGS_VENV:-/opt/rootless-gpu-spawner/venv}
 DEMO_USER=${DEMO_USER:-rgs-demo}
 DEMO_PORT=${DEMO_PORT:-8000}
+DEMO_PASSWORD=${DEMO_PASSWORD:-rgs-demo}   # at least 8 characters
 STATE=/var/lib/rootless-gpu-spawner/demo
 IMAGE=rgs-demo/jupyterlab:latest
 TARBALL=/var/cache/rootless-gpu-spawner/lab-image.tar.gz
@@ -52,8 +53,8 @@ c.JupyterHub.db_url = "sqlite:///$STATE/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "$STATE/jupyterhub_cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = "$STATE/proxy.pid"
 # The demo logs in with a fixed password instead of PAM.
-c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = "$DEMO_USER"
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = "$DEMO_PASSWORD"
 c.LocalAuthenticator.allowed_groups = set()
 c.Authenticator.allowed_users = {"$DEMO_USER"}
 # The offline-built image is already on the demo daemon: no pull, no mirror needed.
@@ -67,6 +68,6 @@ cleanup() {
   "$admin" stop-daemon "$DEMO_USER" || true
 }
 trap cleanup EXIT
-log "JupyterHub on http://127.0.0.1:$DEMO_PORT  (user $DEMO_USER, password $DEMO_USER); Ctrl-C to stop"
+log "JupyterHub on http://127.0.0.1:$DEMO_PORT  (user $DEMO_USER, password $DEMO_PASSWORD); Ctrl-C to stop"
 cd "$STATE"
 "$RGS_VENV/bin/jupyterhub" -f "$STATE/jupyterhub_config.py"
