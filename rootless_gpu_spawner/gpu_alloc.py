@@ -9,6 +9,7 @@ waits on anything while holding it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 
 class NoFreeGPU(RuntimeError):
     """Not enough free GPUs; the message says how many are in use and what to do (no names)."""
+
+
+class InventoryUnknown(RuntimeError):
+    """Exclusive allocation without ``gpu_ids`` on a host where NVML does not answer."""
 
 
 class GPURequestError(ValueError):
@@ -197,3 +202,40 @@ class GPUAllocator:
                 )
             self._held[key] = kept
             return kept
+
+
+# One allocator per hub process: the GPUs are the host's, whatever daemon a server uses.
+_hub_allocator: GPUAllocator | None = None
+
+
+def hub_allocator(gpu_ids=None) -> GPUAllocator:
+    """The hub-wide allocator, created on first use (the inventory may follow later)."""
+    global _hub_allocator
+    if _hub_allocator is None:
+        _hub_allocator = GPUAllocator(list(gpu_ids) if gpu_ids else None)
+    return _hub_allocator
+
+
+def existing_allocator() -> GPUAllocator | None:
+    return _hub_allocator
+
+
+async def allocator_with_inventory(gpu_ids=None) -> GPUAllocator:
+    """The allocator with its inventory known: ``gpu_ids``, else NVML (asked off the event loop)."""
+    allocator = hub_allocator(gpu_ids)
+    if allocator.inventory is None:
+        found = await asyncio.to_thread(discover_nvml)
+        if not found:
+            raise InventoryUnknown(
+                "gpu_policy is 'exclusive' but no GPU inventory is known: NVML is not available "
+                "on this host. Set RootlessGPUSpawner.gpu_ids, e.g. ['0', '1'], or install the "
+                "NVIDIA driver and nvidia-ml-py."
+            )
+        allocator.set_inventory([g.id for g in found])
+    return allocator
+
+
+def gpu_details(inventory) -> list[GPUInfo]:
+    """GPUInfo for each id, with name and memory from NVML when it is there (blocking)."""
+    found = {g.id: g for g in (discover_nvml() or [])}
+    return [found.get(i, GPUInfo(i)) for i in inventory]

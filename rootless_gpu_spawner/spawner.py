@@ -17,7 +17,8 @@ from . import daemon as daemons
 from .accounts import Account, AccountError, lookup_account, system_username
 from .container import build_container_request, check_container_port, rewrite_hub_urls, server_args
 from .daemon import DaemonError, is_connection_error, is_rootless, render_docker_host
-from .gpu_alloc import GPUAllocator, GPURequestError, NoFreeGPU, discover_nvml
+from . import gpu_alloc
+from .gpu_alloc import GPURequestError, InventoryUnknown, NoFreeGPU
 from .gpus import (
     InvalidGPURequest,
     detect_device_mode,
@@ -27,6 +28,8 @@ from .gpus import (
     normalize_gpus,
 )
 from .options_form import FormChoices, needs_form, parse_form, render_form
+from .user_options import GPUPolicy, student_gpu_limit, validate_user_options
+from .admission import start_slot
 from .images import InvalidImageReference, normalize_mirror_prefix, parse_image_reference
 from . import mirrors
 from .progress import ProgressFeed, pull_message
@@ -34,7 +37,8 @@ from .pulls import ImageError, ensure_image
 from .workspace import WorkspaceError, ensure_workspace
 
 LABEL_PREFIX = "org.rootless-gpu-spawner"
-USER_OPTION_KEYS = {"image", "gpus"}
+# system account -> hub users with a server on it (see allow_shared_accounts)
+_account_users: dict[str, set] = {}
 
 
 class SpawnRefused(web.HTTPError):
@@ -413,7 +417,8 @@ class RootlessGPUSpawner(DockerSpawner):
         self.gpu_assignment = list(state.get("gpu_ids") or [])
         if self.gpu_assignment and self.gpu_policy == "exclusive":
             # Hub restart: re-record what this running server holds before any new spawn is served.
-            self.gpu_assignment = gpu_allocator(self).restore(self._user_key(), self.gpu_assignment)
+            allocator = gpu_alloc.hub_allocator(self.gpu_ids)
+            self.gpu_assignment = allocator.restore(self._user_key(), self.gpu_assignment)
 
     def get_state(self):
         state = super().get_state()
@@ -461,7 +466,8 @@ class RootlessGPUSpawner(DockerSpawner):
 
     def _release_gpus(self):
         if self.gpu_assignment or self.gpu_policy == "exclusive":
-            released = gpu_allocator(self).release(self._user_key()) if _allocator else []
+            allocator = gpu_alloc.existing_allocator()
+            released = allocator.release(self._user_key()) if allocator else []
             if released:
                 self.log.info("GPUs %s of %s released", ",".join(released), self._log_name)
         self.gpu_assignment = []
@@ -607,115 +613,21 @@ class RootlessGPUSpawner(DockerSpawner):
 
     # ---- user options ---------------------------------------------------------------------
 
+    def gpu_limit(self):
+        """This student's GPU limit: the largest of their groups' limits, else max_gpus_per_user."""
+        groups = [getattr(g, "name", g) for g in (getattr(self.user, "groups", None) or [])]
+        return student_gpu_limit(groups, self.group_gpu_limits, self.max_gpus_per_user)
+
+    def gpu_settings(self) -> GPUPolicy:
+        return GPUPolicy(self.gpu_policy, self.gpus, self.gpu_limit(), list(self.gpu_ids))
+
     def validated_user_options(self, options=None) -> dict:
         """Check ``user_options`` (form or REST API); HTTP 400 on anything wrong."""
         options = self.user_options if options is None else options
-        options = options or {}
-        if not isinstance(options, dict):
-            raise web.HTTPError(400, "user_options must be a JSON object")
-        unknown = sorted(set(options) - USER_OPTION_KEYS)
-        if unknown:
-            raise web.HTTPError(
-                400,
-                f"unknown option(s) {', '.join(map(repr, unknown))[:200]}; "
-                f"allowed: {', '.join(sorted(USER_OPTION_KEYS))}",
-            )
-        result = {}
-        if options.get("image") not in (None, ""):
-            if not isinstance(options["image"], str):
-                raise web.HTTPError(400, "option 'image' must be a string")
-            result["image"] = options["image"]
-        if "gpus" in options:
-            try:
-                requested = normalize_gpus(options["gpus"])
-            except InvalidGPURequest as e:
-                raise web.HTTPError(400, str(e)) from None
-            if self.gpu_policy == "exclusive":
-                result["gpus"] = self._within_exclusive_limits(requested)
-            else:
-                result["gpus"] = self._within_limit(self._within_gpu_ceiling(requested))
-        if "image" in result and not self._image_choice_allowed(result["image"]):
-            raise web.HTTPError(400, f"image {result['image'][:100]!r} is not one of the allowed images")
-        return result
-
-    def _image_choice_allowed(self, image) -> bool:
-        allowed = self._get_allowed_images()
-        return allowed == "*" or image in (allowed or {})
-
-    def gpu_limit(self):
-        """This student's GPU limit: the largest of their groups' limits, else max_gpus_per_user."""
-        groups = {getattr(g, "name", g) for g in (getattr(self.user, "groups", None) or [])}
-        limits = [limit for group, limit in self.group_gpu_limits.items() if group in groups]
-        if limits:
-            return max(limits)
-        return self.max_gpus_per_user or None
-
-    def _within_limit(self, requested):
-        limit = self.gpu_limit()
-        if limit is None or requested == 0 or requested == []:
-            return requested
-        if requested == "all":
-            raise web.HTTPError(400, f"you may use at most {limit} GPU(s); ask for a number")
-        count = requested if isinstance(requested, int) else len(requested)
-        if count > limit:
-            raise web.HTTPError(400, f"you asked for {count} GPUs; your limit is {limit}")
-        return requested
-
-    def _within_exclusive_limits(self, requested):
-        if requested == "all":
-            raise web.HTTPError(
-                400, "GPUs are given out one server at a time here: ask for a number of GPUs"
-            )
-        # Under exclusive, an int ``gpus`` is only the default; the limits cap requests.
-        count = requested if isinstance(requested, int) else len(requested)
-        if isinstance(self.gpus, list):
-            self._within_gpu_ceiling(requested)
-        if self.gpu_ids:
-            unknown = [g for g in (requested if isinstance(requested, list) else []) if g not in self.gpu_ids]
-            if unknown:
-                raise web.HTTPError(
-                    400, f"there is no GPU {','.join(unknown)}; GPUs here: {','.join(self.gpu_ids)}"
-                )
-            if count > len(self.gpu_ids):
-                raise web.HTTPError(
-                    400, f"you asked for {count} GPUs but this server has {len(self.gpu_ids)}"
-                )
-        return self._within_limit(requested)
+        return validate_user_options(options, self.gpu_settings(), self._get_allowed_images())
 
     def default_gpu_request(self):
-        if self.gpu_policy == "exclusive" and self.gpus == "all":
-            return 1
-        return self.gpus
-
-    def _within_gpu_ceiling(self, requested):
-        """A student may ask for at most what ``gpus`` grants."""
-        ceiling = self.gpus
-        if ceiling == "all" or requested == 0 or requested == []:
-            return requested
-        if requested == "all":
-            raise web.HTTPError(400, f"you may not request all GPUs here; the limit is {ceiling}")
-        if isinstance(ceiling, int):
-            count = requested if isinstance(requested, int) else None
-            if count is None:
-                raise web.HTTPError(
-                    400, f"choosing GPU ids is not allowed here; ask for a count up to {ceiling}"
-                )
-            if count > ceiling:
-                raise web.HTTPError(400, f"you asked for {count} GPUs; the limit is {ceiling}")
-            return requested
-        allowed = list(ceiling)
-        if isinstance(requested, int):
-            if requested > len(allowed):
-                raise web.HTTPError(
-                    400, f"you asked for {requested} GPUs; the limit is {len(allowed)}"
-                )
-            return allowed[:requested]
-        extra = [g for g in requested if g not in allowed]
-        if extra:
-            raise web.HTTPError(
-                400, f"GPU {','.join(extra)} is not available to you; allowed: {','.join(allowed)}"
-            )
-        return requested
+        return self.gpu_settings().default_request
 
     async def _resolve_image(self, requested: str | None):
         image = self.image
@@ -745,9 +657,9 @@ class RootlessGPUSpawner(DockerSpawner):
     async def form_choices(self) -> FormChoices:
         gpus, free = [], []
         if self.gpu_policy == "exclusive":
-            allocator = await inventory_allocator(self)
+            allocator = await self._allocator_with_inventory()
             free = allocator.free()
-            gpus = await asyncio.to_thread(gpu_details, allocator.inventory)
+            gpus = await asyncio.to_thread(gpu_alloc.gpu_details, allocator.inventory)
             limit = self.gpu_limit()
             held = allocator.held_by_user(self.user.name)
             max_count = min(len(free), (limit - held) if limit else len(free))
@@ -829,8 +741,14 @@ class RootlessGPUSpawner(DockerSpawner):
             self._release_account()
             raise
 
+    async def _allocator_with_inventory(self):
+        try:
+            return await gpu_alloc.allocator_with_inventory(self.gpu_ids)
+        except InventoryUnknown as e:
+            raise SpawnRefused(500, str(e)) from None
+
     async def _allocate_gpus(self, request):
-        allocator = await inventory_allocator(self)
+        allocator = await self._allocator_with_inventory()
         try:
             ids = allocator.allocate(self._user_key(), request, limit=self.gpu_limit())
         except GPURequestError as e:
@@ -874,7 +792,7 @@ class RootlessGPUSpawner(DockerSpawner):
             self.log.info("image %s for %s pulled from %s", ref.familiar, account.name, pulled.pulled_from)
             feed.emit(70, f"pulled {ref.familiar} from {pulled.pulled_from}")
 
-        async with self._start_slot():
+        async with start_slot(self.max_concurrent_starts, self._progress):
             return await self._run_container(pulled, workspace, gpus, account)
 
     async def _run_container(self, pulled, workspace, gpus, account):
@@ -914,16 +832,6 @@ class RootlessGPUSpawner(DockerSpawner):
         feed.emit(90, "container started, waiting for JupyterLab to answer")
         await self._wait_until_listening(ip, port)
         return ip, port
-
-    def _start_slot(self):
-        """Admission: at most ``max_concurrent_starts`` servers starting at once on this host."""
-        global _admission
-        limit = self.max_concurrent_starts
-        if limit <= 0:
-            return _NoSlot()
-        if _admission is None or _admission[0] != limit:
-            _admission = (limit, asyncio.Semaphore(limit))
-        return _Slot(_admission[1], self._progress)
 
     async def _wait_until_listening(self, ip, port):
         """Return as soon as the server answers HTTP at all (any status).
@@ -1088,66 +996,6 @@ class RootlessGPUSpawner(DockerSpawner):
             self.clear_state()
         finally:
             self._disconnect()
-
-
-_allocator: GPUAllocator | None = None
-_admission: tuple | None = None  # (limit, asyncio.Semaphore) for max_concurrent_starts
-
-
-class _Slot:
-    def __init__(self, semaphore, feed):
-        self.semaphore, self.feed = semaphore, feed
-
-    async def __aenter__(self):
-        if self.semaphore.locked():
-            self.feed.emit(75, "waiting for a start slot: other servers are starting on this host")
-        await self.semaphore.acquire()
-        self.feed.emit(80, "starting the container")
-
-    async def __aexit__(self, *exc):
-        self.semaphore.release()
-
-
-class _NoSlot:
-    async def __aenter__(self):
-        return None
-
-    async def __aexit__(self, *exc):
-        return None
-# system account -> hub users with a server on it (allow_shared_accounts)
-_account_users: dict[str, set] = {}
-
-
-def gpu_allocator(spawner) -> GPUAllocator:
-    """The hub-wide allocator (created on first use; inventory may follow later)."""
-    global _allocator
-    if _allocator is None:
-        _allocator = GPUAllocator(spawner.gpu_ids or None)
-    return _allocator
-
-
-async def inventory_allocator(spawner) -> GPUAllocator:
-    """The allocator with its inventory known: ``gpu_ids``, else NVML (off the event loop)."""
-    allocator = gpu_allocator(spawner)
-    if allocator.inventory is None:
-        found = await asyncio.to_thread(discover_nvml)
-        if not found:
-            raise SpawnRefused(
-                500,
-                "gpu_policy is 'exclusive' but no GPU inventory is known: NVML is not available "
-                "on this host. Set RootlessGPUSpawner.gpu_ids, e.g. ['0', '1'], or install the "
-                "NVIDIA driver and nvidia-ml-py.",
-            )
-        allocator.set_inventory([g.id for g in found])
-    return allocator
-
-
-def gpu_details(inventory):
-    """GPUInfo for each id, with name and memory from NVML when it is there."""
-    from .gpu_alloc import GPUInfo
-
-    found = {g.id: g for g in (discover_nvml() or [])}
-    return [found.get(i, GPUInfo(i)) for i in inventory]
 
 
 def _gpus_label(gpus) -> str:

@@ -12,7 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import docker
-import pytest
 
 from .conftest import containers_of
 

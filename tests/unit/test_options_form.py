@@ -7,7 +7,7 @@ from tornado import web
 from traitlets.config import Config
 
 from rootless_gpu_spawner import RootlessGPUSpawner
-from rootless_gpu_spawner import spawner as spawner_module
+from rootless_gpu_spawner import gpu_alloc
 from rootless_gpu_spawner.gpu_alloc import GPUAllocator, GPUInfo
 from rootless_gpu_spawner.options_form import FormChoices, needs_form, parse_form, render_form
 
@@ -74,7 +74,7 @@ def make(**config):
 
 @pytest.fixture
 def fresh_allocator(monkeypatch):
-    monkeypatch.setattr(spawner_module, "_allocator", None)
+    monkeypatch.setattr(gpu_alloc, "_hub_allocator", None)
 
 
 EXCLUSIVE = dict(gpu_policy="exclusive", gpu_ids=["0", "1", "2", "3"], allowed_images=IMAGES, gpus=1,
@@ -121,8 +121,8 @@ def test_shared_limit(fresh_allocator):
 
 
 async def test_form_round_trip_goes_through_the_same_validation(fresh_allocator, monkeypatch):
-    monkeypatch.setattr(spawner_module, "_allocator", GPUAllocator(["0", "1", "2", "3"]))
-    spawner_module._allocator.allocate(("bob", ""), 1)
+    monkeypatch.setattr(gpu_alloc, "_hub_allocator", GPUAllocator(["0", "1", "2", "3"]))
+    gpu_alloc._hub_allocator.allocate(("bob", ""), 1)
     s = make(gpu_policy="exclusive", gpu_ids=["0", "1", "2", "3"], gpus=2, max_gpus_per_user=2,
              allowed_images=IMAGES)
     html = await s.render_options_form()
