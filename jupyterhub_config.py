@@ -5,6 +5,8 @@
 # Each student needs a system account and a running rootless Docker daemon
 # (rootless-gpu-admin bootstrap does both). Every setting below is optional
 # unless marked; the values shown are the defaults unless said otherwise.
+# Line-by-line explanation: docs/en/jupyterhub-config.md (中文: docs/zh/jupyterhub-config.md).
+# Every setting: docs/en/config-reference.md.
 
 c = get_config()  # noqa: F821
 
@@ -12,15 +14,21 @@ c = get_config()  # noqa: F821
 # The hub and proxy listen on loopback; put nginx/caddy with TLS in front, or
 # set JupyterHub.ip to the server's address. Containers reach the hub through
 # rootless networking (host_gateway_ip below), never through hub_connect_url.
-c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.ip = "127.0.0.1"    # the proxy's public side (default: all interfaces)
 c.JupyterHub.port = 8000
-c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_ip = "127.0.0.1"  # the hub's API (port 8081); containers see it as 10.0.2.2:8081
 
 # Students log in with their Linux password (PAM). The hub name is their login name.
 c.JupyterHub.authenticator_class = "pam"
 # Who may log in: members of this Unix group (create it and add the students).
 c.LocalAuthenticator.allowed_groups = {"students"}
 c.Authenticator.admin_users = set()  # e.g. {"teacher"}
+
+# JupyterHub stops every student's server when the hub shuts down (its default,
+# cleanup_servers = True); files in ~/workspace are kept either way. To keep
+# servers running across a hub restart (they are found again from the hub's
+# database, GPUs included):
+# c.JupyterHub.cleanup_servers = False
 
 # --- the spawner (loaded by its entry-point name) -------------------------------
 c.JupyterHub.spawner_class = "rootless-gpu"
@@ -29,26 +37,46 @@ c.JupyterHub.spawner_class = "rootless-gpu"
 c.RootlessGPUSpawner.system_user = "{username}"
 # Each student's own rootless daemon. Fields: {uid}, {username}, {home}.
 c.RootlessGPUSpawner.docker_host_template = "unix:///run/user/{uid}/docker.sock"
+# Start a student's daemon at spawn time when it is down (default: refuse with
+# a message naming the fix). Useful on hosts without systemd after a reboot:
+# c.RootlessGPUSpawner.start_daemon_if_down = True
 
 # The image students get, and the ones they may choose from.
 # Choose an image whose jupyterhub version matches the hub's.
+# (The default here is not DockerSpawner's: it is set on purpose.)
 c.RootlessGPUSpawner.image = "quay.io/jupyter/pytorch-notebook:cuda12-latest"
+# Labels shown in the spawn form -> images. A student's choice (form or
+# user_options["image"]) is the label.
 c.RootlessGPUSpawner.allowed_images = {
     "PyTorch (CUDA 12)": "quay.io/jupyter/pytorch-notebook:cuda12-latest",
     "SciPy (CPU)": "quay.io/jupyter/scipy-notebook:latest",
 }
+# ifnotpresent: an image already on the student's daemon costs no network.
 c.RootlessGPUSpawner.pull_policy = "ifnotpresent"
+# Jupyter Docker Stacks images (quay.io/jupyter/...) started as root switch to
+# their user "jovyan", which a rootless daemon maps to a subordinate uid that
+# cannot use the student's workspace. Keeping the server as root (= the student)
+# is done with their NB_* variables (docs/en/admin-guide.md, "Images"):
+# c.RootlessGPUSpawner.environment = {"NB_USER": "root", "NB_UID": "0", "NB_GID": "0"}
 
 # Docker Hub images are pulled through these prefix mirrors, in order, and
 # tagged with their Docker Hub name afterwards. USTC's mirror has been closed
 # to the public since 2024: put your university's or your own pull-through
-# cache first (docs/ explain the options).
+# cache first (docs/ explain the options). Images from other registries
+# (quay.io above, nvcr.io, ...) are pulled from that registry directly.
 c.RootlessGPUSpawner.mirror_prefixes = ["docker.mirrors.ustc.edu.cn"]
 c.RootlessGPUSpawner.mirror_fallback_to_upstream = True
 
 # GPUs per server, like docker run --gpus: "all", a count, a list of ids, or 0.
 # It is also the most a student may ask for in user_options["gpus"].
 c.RootlessGPUSpawner.gpus = "all"
+# "shared" (above: every server gets what gpus says) or "exclusive" (each GPU
+# goes to one running server at a time; gpus is then the default request).
+# See docs/en/admin-guide.md, "GPU policies", for a worked example:
+# c.RootlessGPUSpawner.gpu_policy = "exclusive"
+# c.RootlessGPUSpawner.gpu_ids = ["0", "1", "2", "3"]  # only where NVML is missing
+# c.RootlessGPUSpawner.max_gpus_per_user = 2
+# c.RootlessGPUSpawner.group_gpu_limits = {"phd": 4}
 
 # ~/workspace is bind-mounted at /workspace; JupyterLab opens there.
 c.RootlessGPUSpawner.workspace_dir = "workspace"
@@ -66,5 +94,5 @@ c.RootlessGPUSpawner.host_gateway_ip = "10.0.2.2"
 c.RootlessGPUSpawner.allow_rootful_daemon = False
 
 # Large CUDA images take a while to pull the first time.
-c.Spawner.start_timeout = 600
-c.Spawner.http_timeout = 120
+c.Spawner.start_timeout = 600  # seconds for start(), the pull included
+c.Spawner.http_timeout = 120  # seconds for the started server to answer

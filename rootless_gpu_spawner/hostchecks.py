@@ -443,7 +443,7 @@ def check_workspace(pw: pwd.struct_passwd, workspace_dir: str = WORKSPACE_DIR) -
     group = _group_name(pw.pw_gid)
     path = os.path.join(pw.pw_dir, workspace_dir)
     home = os.path.realpath(pw.pw_dir)
-    create = f"{ADMIN} bootstrap --user {pw.pw_name}  (or: install -d -o {pw.pw_name} -g {group} -m 755 {path})"
+    create = f"{ADMIN} bootstrap --user {pw.pw_name}  (or: install -d -o {pw.pw_name} -g {group} -m 700 {path})"
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -25,8 +25,15 @@ class FormChoices:
     free: list = field(default_factory=list)  # ids free now (exclusive)
 
 
+def _gpu_choice(choices: FormChoices) -> bool:
+    # Under exclusive the field stays even when nothing is free: "No GPU" is always a choice.
+    return choices.max_count > 0 or choices.allow_all or (
+        choices.gpu_policy == "exclusive" and bool(choices.gpus)
+    )
+
+
 def needs_form(choices: FormChoices) -> bool:
-    return len(choices.images) > 1 or choices.max_count > 0 or choices.allow_all
+    return len(choices.images) > 1 or _gpu_choice(choices)
 
 
 def render_form(choices: FormChoices) -> str:
@@ -43,7 +50,7 @@ def render_form(choices: FormChoices) -> str:
             f'<select class="form-control" name="image" id="rgs-image">{options}</select>'
             "</div>"
         )
-    if choices.max_count > 0 or choices.allow_all:
+    if _gpu_choice(choices):
         parts.append(_gpu_count_field(choices))
         if choices.gpu_policy == "exclusive" and choices.gpus:
             parts.append(_gpu_pick_field(choices))
@@ -57,7 +64,7 @@ def _gpu_count_field(choices: FormChoices) -> str:
         options.append(("all", "All GPUs / 全部 GPU", default == "all"))
     for n in range(0, choices.max_count + 1):
         label = "No GPU / 不使用 GPU" if n == 0 else f"{n} GPU" + ("s" if n > 1 else "")
-        options.append((str(n), label, default == n))
+        options.append((str(n), label, default == n or (n == 0 and not _offered(default, choices))))
     html_options = "".join(
         f'<option value="{v}"{" selected" if sel else ""}>{escape(label)}</option>'
         for v, label, sel in options
@@ -76,6 +83,13 @@ def _gpu_count_field(choices: FormChoices) -> str:
         f'<select class="form-control" name="gpus" id="rgs-gpus">{html_options}</select>'
         f"{note}</div>"
     )
+
+
+def _offered(default, choices: FormChoices) -> bool:
+    """Is the default among the counts shown? (If not, preselect "No GPU".)"""
+    if default == "all":
+        return choices.allow_all
+    return isinstance(default, int) and default <= choices.max_count
 
 
 def _gpu_pick_field(choices: FormChoices) -> str:

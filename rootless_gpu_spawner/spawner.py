@@ -98,7 +98,7 @@ class RootlessGPUSpawner(DockerSpawner):
         1000,
         config=True,
         help="""
-        Refuse system accounts with a uid below this (root and system accounts).
+        Refuse system accounts with a uid below this (root and system accounts)::
 
             c.RootlessGPUSpawner.min_uid = 1000
         """,
@@ -133,7 +133,8 @@ class RootlessGPUSpawner(DockerSpawner):
         config=True,
         help="""
         When a student's rootless daemon is not running at spawn time, start it
-        (as ``rootless-gpu-admin start-daemon`` does, without systemd) instead
+        with the same code as ``rootless-gpu-admin start-daemon`` (Docker's
+        systemd user service where it is installed, by hand otherwise) instead
         of refusing. Off by default: a daemon that keeps dying is something the
         admin should see::
 
@@ -243,8 +244,10 @@ class RootlessGPUSpawner(DockerSpawner):
         config=True,
         help="""
         GPUs for each server, like ``docker run --gpus``: ``"all"``, a count
-        (``2``), a list of device ids (``[0, 3]``) or ``0`` for none. It is also
-        the most a student may ask for through ``user_options["gpus"]``::
+        (``2``), a list of device ids (``[0, 3]``) or ``0`` for none. Under
+        ``gpu_policy="shared"`` it is also the most a student may ask for
+        through ``user_options["gpus"]``; under ``"exclusive"`` it is only the
+        default request (``"all"`` then meaning 1)::
 
             c.RootlessGPUSpawner.gpus = "all"
         """,
@@ -296,7 +299,8 @@ class RootlessGPUSpawner(DockerSpawner):
         config=True,
         help="""
         The most GPUs one student may ask for (all their servers together under
-        ``exclusive``). 0: no limit beyond ``gpus`` and the inventory::
+        ``exclusive``); a default ``gpus`` above it is cut down to it. 0: no
+        limit beyond ``gpus`` and the inventory::
 
             c.RootlessGPUSpawner.max_gpus_per_user = 2
         """,
@@ -307,8 +311,9 @@ class RootlessGPUSpawner(DockerSpawner):
         value_trait=Int(),
         config=True,
         help="""
-        Per JupyterHub group limits, overriding ``max_gpus_per_user`` for
-        members (a member of several groups gets the largest)::
+        Limits per JupyterHub group (the hub's groups, not Unix groups),
+        overriding ``max_gpus_per_user`` for members; a member of several
+        groups gets the largest. Here 0 means no GPU for that group::
 
             c.RootlessGPUSpawner.group_gpu_limits = {"phd": 4, "course-2026": 1}
         """,
@@ -336,8 +341,10 @@ class RootlessGPUSpawner(DockerSpawner):
         config=True,
         help="""
         Docker Hub mirrors to pull through, tried in order (host, optionally
-        with a path). Used only for Docker Hub images; the image is tagged with
-        its canonical name afterwards::
+        with a path; a leading ``https://`` is accepted and dropped). Used only
+        for Docker Hub images; the image is tagged with its canonical name
+        afterwards. USTC's mirror (the default) has been closed to the public
+        since 2024: put your own pull-through cache or another mirror first::
 
             c.RootlessGPUSpawner.mirror_prefixes = ["docker.mirrors.ustc.edu.cn"]
         """,
@@ -662,19 +669,19 @@ class RootlessGPUSpawner(DockerSpawner):
             gpus = await asyncio.to_thread(gpu_alloc.gpu_details, allocator.inventory)
             limit = self.gpu_limit()
             held = allocator.held_by_user(self.user.name)
-            max_count = min(len(free), (limit - held) if limit else len(free))
+            max_count = min(len(free), (limit - held) if limit is not None else len(free))
             allow_all = False
         else:
             ceiling = self.gpus
             limit = self.gpu_limit()
             known = len(self.gpu_ids)
             if ceiling == "all":
-                max_count = min(limit or known, known) if known else (limit or 0)
+                max_count = known if limit is None else (min(limit, known) if known else limit)
             else:
                 max_count = ceiling if isinstance(ceiling, int) else len(ceiling)
-                if limit:
+                if limit is not None:
                     max_count = min(max_count, limit)
-            allow_all = ceiling == "all" and not limit
+            allow_all = ceiling == "all" and limit is None
         return FormChoices(
             images=self._image_choices(),
             default_image=self.image,

@@ -24,10 +24,21 @@ class GPUPolicy:
 
     @property
     def default_request(self):
-        """What a server gets when the student asks nothing ("all" means 1 under exclusive)."""
-        if self.policy == "exclusive" and self.ceiling == "all":
-            return 1
-        return self.ceiling
+        """What a server gets when the student asks nothing.
+
+        ``"all"`` means 1 under exclusive; the student's limit cuts the
+        default down too, so not asking never gets more than asking could.
+        """
+        request = self.ceiling
+        if self.policy == "exclusive" and request == "all":
+            request = 1
+        if self.limit is None:
+            return request
+        if request == "all":
+            return self.limit
+        if isinstance(request, int):
+            return min(request, self.limit)
+        return list(request)[: self.limit]
 
 
 def student_gpu_limit(groups, group_limits: dict, per_user: int):

@@ -130,3 +130,23 @@ async def test_form_round_trip_goes_through_the_same_validation(fresh_allocator,
     assert s.options_from_formdata({"image": ["PyTorch"], "gpus": ["2"]}) == {"image": "PyTorch", "gpus": 2}
     with pytest.raises(web.HTTPError):
         s.options_from_formdata({"gpus": ["3"]})  # over the limit of 2
+
+
+def test_exclusive_form_offers_no_gpu_when_none_free():
+    html = render_form(choices(max_count=0, free=[], images={}))
+    assert '<option value="0" selected>No GPU' in html and "0 of 4 GPUs free now" in html
+
+
+def test_default_request_is_cut_to_the_limit(fresh_allocator):
+    assert make(gpus="all", max_gpus_per_user=2).default_gpu_request() == 2
+    assert make(gpus=3, max_gpus_per_user=2).default_gpu_request() == 2
+    assert make(gpus=["0", "1", "2"], max_gpus_per_user=1).default_gpu_request() == ["0"]
+    assert make(gpus="all").default_gpu_request() == "all"
+
+
+async def test_group_limit_zero_offers_no_gpu(fresh_allocator):
+    s = make(gpu_policy="exclusive", gpu_ids=["0", "1"], group_gpu_limits={"phd": 0})
+    html = await s.render_options_form()
+    assert '<option value="1">' not in html and '<option value="0" selected>' in html
+    with pytest.raises(web.HTTPError):
+        s.validated_user_options({"gpus": 1})
