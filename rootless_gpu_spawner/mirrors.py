@@ -1,16 +1,17 @@
 """Docker Hub mirror health: skip a dead mirror fast, and skip it for a while after it failed.
 
-A rootless daemon waits about 30 s on a mirror that does not answer before it
-tries the next one, and it would do so again on every spawn. So before a pull
-goes through a mirror, the hub checks it can open a TCP connection to it (a
-couple of seconds at most), and a mirror that failed is left out of the list
-for ``mirror_cooldown`` seconds.
+A rootless daemon waits on a mirror that does not answer (10 s for a TLS
+handshake that never ends, longer for a connect) before it tries the next
+one, and it would do so again on every spawn. So before a pull goes through a
+mirror, the hub checks that it answers HTTP (a couple of seconds at most),
+and a mirror that failed is left out for ``mirror_cooldown`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 log = logging.getLogger(__name__)
@@ -65,18 +66,52 @@ class MirrorHealth:
 
 
 async def reachable(host: str, port: int, timeout: float) -> bool:
-    """Can we open a TCP connection within ``timeout`` seconds (name lookup included)?"""
+    """Does a registry answer HTTP at ``host:port`` within ``timeout`` seconds (all included)?
+
+    A TCP connect alone is not enough: a hung mirror may accept connections
+    and never answer, and the daemon would then wait ~10 s for its TLS
+    handshake. So the probe asks for ``/v2/`` over TLS, and over plain HTTP
+    when the server does not speak TLS (an insecure local registry); any HTTP
+    status line counts as alive (401 is normal for a registry).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for use_tls in (True, False):
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        try:
+            return await asyncio.wait_for(_http_status_line(host, port, use_tls), left)
+        except ssl.SSLError as e:
+            # Not TLS (e.g. "wrong version number"): try plain HTTP with the time left.
+            log.debug("mirror %s:%s: no TLS (%s), trying plain HTTP", host, port, e)
+            continue
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+            log.info("mirror %s:%s unreachable: %s", host, port, e or type(e).__name__)
+            return False
+    log.info("mirror %s:%s did not answer within %s s", host, port, timeout)
+    return False
+
+
+async def _http_status_line(host: str, port: int, use_tls: bool) -> bool:
+    context = None
+    if use_tls:
+        # Liveness only: no certificate check (the daemon does that when it pulls).
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection(host, port, ssl=context)
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError) as e:
-        log.info("mirror %s:%s unreachable: %s", host, port, e or type(e).__name__)
-        return False
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return True
+        writer.write(f"GET /v2/ HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
+        await writer.drain()
+        line = await reader.readline()
+        return line.startswith(b"HTTP/")
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (OSError, ssl.SSLError):
+            pass
 
 
 health = MirrorHealth()

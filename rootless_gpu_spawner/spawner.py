@@ -371,8 +371,9 @@ class RootlessGPUSpawner(DockerSpawner):
         2.0,
         config=True,
         help="""
-        Seconds to wait for a TCP connection to a mirror before skipping it (a
-        dead mirror would otherwise cost each pull the daemon's ~30 s)::
+        Seconds a mirror has to answer HTTP (``/v2/``, over TLS or plain) before
+        it is skipped; a dead or hung mirror would otherwise cost each pull the
+        daemon's own 10-30 s timeout::
 
             c.RootlessGPUSpawner.mirror_probe_timeout = 2
         """,
@@ -872,7 +873,7 @@ class RootlessGPUSpawner(DockerSpawner):
         host, port = mirrors.mirror_address(prefix, self.host_gateway_ip)
         if not await mirrors.reachable(host, port, self.mirror_probe_timeout):
             mirrors.health.failed(prefix, self.mirror_cooldown)
-            return f"skipped: no connection to {host}:{port} within {self.mirror_probe_timeout:g} s"
+            return f"skipped: no answer from {host}:{port} within {self.mirror_probe_timeout:g} s"
         return None
 
     def _pull_attempt(self, name, prefix, error):

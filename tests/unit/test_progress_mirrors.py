@@ -76,15 +76,50 @@ def test_mirror_cooldown():
     assert h.usable("m")
 
 
-async def test_reachable_on_loopback():
+async def test_refused_port_is_not_reachable():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert not await reachable("127.0.0.1", free, 2)
+
+
+async def test_silent_close_is_not_a_registry():
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert not await reachable("127.0.0.1", port, 2)
+    finally:
+        server.close()
+
+
+async def test_hung_mirror_is_not_reachable():
+    """Accepts the connection, never answers (the bench's hung mirror): dead within the timeout."""
+    async def hang(reader, writer):
+        await asyncio.sleep(10)
+        writer.close()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert not await reachable("127.0.0.1", port, 0.5)
+        assert loop.time() - started < 2  # bounded by the probe timeout, not the daemon's 10 s
+    finally:
+        server.close()
+
+
+async def test_plain_http_registry_is_reachable():
+    """A registry without TLS (the testbed's) answers the plain-HTTP probe."""
+    async def http(reader, writer):
+        await reader.read(1)  # TLS ClientHello or HTTP request: answer plain HTTP either way
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         assert await reachable("127.0.0.1", port, 2)
     finally:
         server.close()
-        await server.wait_closed()
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
-    assert not await reachable("127.0.0.1", free, 2)
