@@ -45,6 +45,44 @@ def check_container_port(port: int) -> int:
     return port
 
 
+_recent_host_ports: dict[int, float] = {}
+PORT_REUSE_AFTER = 120.0  # seconds before a port we handed out may be handed out again
+
+
+def pick_host_port(host_ip: str, now=None) -> int:
+    """A free port on the host for a server, chosen here rather than by the daemon.
+
+    Every rootless daemon allocates "ephemeral" host ports from its own
+    counter over the same range, while rootlesskit binds them all on the
+    host's one loopback: freshly started daemons all begin at the same port,
+    and a class starting together collides (Docker retries only 10 times).
+    The kernel knows which ports are free on the host; ports handed out in
+    the last two minutes are not reused, in case their container is still
+    being created.
+    """
+    import socket
+    import time
+
+    now = time.monotonic() if now is None else now
+    for port, at in list(_recent_host_ports.items()):
+        if now - at > PORT_REUSE_AFTER:
+            del _recent_host_ports[port]
+    for _ in range(50):  # bounded; a clash with a recent pick is rare
+        with socket.socket(socket.AF_INET6 if ":" in host_ip else socket.AF_INET) as s:
+            s.bind((host_ip, 0))
+            port = s.getsockname()[1]
+        if port not in _recent_host_ports:
+            _recent_host_ports[port] = now
+            return port
+    raise OSError(f"no free port on {host_ip}")
+
+
+def is_port_clash(message: str) -> bool:
+    """The daemon could not publish the port: someone else holds it on the host."""
+    text = message.lower()
+    return "address already in use" in text or "port is already allocated" in text
+
+
 def server_args(args: list, run_as_root: bool) -> list:
     """The single-user server's arguments; ``--allow-root`` when it runs as container root."""
     args = list(args)
@@ -71,12 +109,14 @@ def build_container_request(
     network_mode: str = "bridge",
     mem_limit=None,
     cpu_limit=None,
+    host_port: int | None = None,
 ) -> tuple[dict, dict]:
     """Return ``(create_kwargs, host_config_kwargs)`` for docker-py's ``create_container``.
 
-    The server's port is published on ``host_ip`` (127.0.0.1) with an
-    ephemeral host port, which rootlesskit's port driver forwards; the hub
-    and proxy reach it there.
+    The server's port is published on ``host_ip`` (127.0.0.1), which
+    rootlesskit's port driver forwards; the hub and proxy reach it there.
+    ``host_port`` is chosen by the caller (see :func:`pick_host_port`), else
+    the daemon picks one.
     """
     check_container_port(port)
     binds = dict(extra_binds or {})
@@ -97,7 +137,7 @@ def build_container_request(
         create_kwargs["user"] = "0:0"
     host_config = dict(
         binds=binds,
-        port_bindings={port: (host_ip,)},
+        port_bindings={port: (host_ip, host_port) if host_port else (host_ip,)},
         auto_remove=auto_remove,
         network_mode=network_mode,
     )

@@ -15,7 +15,10 @@ from traitlets import (
 
 from . import daemon as daemons
 from .accounts import Account, AccountError, lookup_account, system_username
-from .container import build_container_request, check_container_port, rewrite_hub_urls, server_args
+from .container import (
+    build_container_request, check_container_port, is_port_clash, pick_host_port, rewrite_hub_urls,
+    server_args,
+)
 from .daemon import DaemonError, is_connection_error, is_rootless, render_docker_host
 from . import gpu_alloc
 from .gpu_alloc import GPURequestError, InventoryUnknown, NoFreeGPU
@@ -37,6 +40,7 @@ from .pulls import ImageError, ensure_image
 from .workspace import WorkspaceError, ensure_workspace
 
 LABEL_PREFIX = "org.rootless-gpu-spawner"
+PORT_ATTEMPTS = 5  # container create+start tries when the host port is taken meanwhile
 # system account -> hub users with a server on it (see allow_shared_accounts)
 _account_users: dict[str, set] = {}
 
@@ -368,14 +372,14 @@ class RootlessGPUSpawner(DockerSpawner):
     )
 
     mirror_probe_timeout = Float(
-        2.0,
+        1.5,
         config=True,
         help="""
         Seconds a mirror has to answer HTTP (``/v2/``, over TLS or plain) before
         it is skipped; a dead or hung mirror would otherwise cost each pull the
         daemon's own 10-30 s timeout::
 
-            c.RootlessGPUSpawner.mirror_probe_timeout = 2
+            c.RootlessGPUSpawner.mirror_probe_timeout = 1.5
         """,
     )
 
@@ -811,35 +815,49 @@ class RootlessGPUSpawner(DockerSpawner):
             self.log.warning("removing leftover container %s of %s", self.object_name, account.name)
             await self.remove_object()
             obj = None
-        if obj is None:
-            obj = await self._create(pulled.image, workspace, gpus, account)
-            self.object_id = obj["Id"]
-            self.log.info(
-                "created container %s (%s) for %s on %s from %s",
-                self.object_name, self.object_id[:12], account.name, self.docker_host, pulled.image,
-            )
-        else:
+        if obj is not None:
             self.log.info("found existing container %s of %s", self.object_name, account.name)
             for line in obj["Config"]["Env"]:
                 if line.startswith("JUPYTERHUB_API_TOKEN="):
                     self.api_token = line.split("=", 1)[1]
-
-        try:
-            await self.start_object()
-        except APIError as e:
-            message = e.explanation or str(e)
-            if is_gpu_driver_error(str(message)):
-                await self._remove_quietly()
-                raise SpawnRefused(
-                    500, gpu_driver_error_message(account.name, self.docker_host, gpus, str(message))
-                ) from None
-            raise
+            await self._start_or_explain(gpus, account)
+        else:
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                host_port = pick_host_port(self.host_ip)
+                obj = await self._create(pulled.image, workspace, gpus, account, host_port)
+                self.object_id = obj["Id"]
+                self.log.info(
+                    "created container %s (%s) for %s on %s from %s, port 127.0.0.1:%s",
+                    self.object_name, self.object_id[:12], account.name, self.docker_host,
+                    pulled.image, host_port,
+                )
+                try:
+                    await self._start_or_explain(gpus, account)
+                    break
+                except APIError as e:
+                    if not is_port_clash(str(e.explanation or e)) or attempt == PORT_ATTEMPTS:
+                        raise
+                    # Taken on the host between our pick and the daemon's bind: new port.
+                    self.log.warning("port %s was taken, retrying: %s", host_port, e.explanation)
+                    await self._remove_quietly()
         if self.post_start_cmd:
             await self.post_start_exec()
         ip, port = await self.get_ip_and_port()
         feed.emit(90, "container started, waiting for JupyterLab to answer")
         await self._wait_until_listening(ip, port)
         return ip, port
+
+    async def _start_or_explain(self, gpus, account):
+        try:
+            await self.start_object()
+        except APIError as e:
+            message = str(e.explanation or e)
+            if is_gpu_driver_error(message):
+                await self._remove_quietly()
+                raise SpawnRefused(
+                    500, gpu_driver_error_message(account.name, self.docker_host, gpus, message)
+                ) from None
+            raise
 
     async def _wait_until_listening(self, ip, port):
         """Return as soon as the server answers HTTP at all (any status).
@@ -913,7 +931,7 @@ class RootlessGPUSpawner(DockerSpawner):
             )
         return obj
 
-    async def _create(self, image: str, workspace: str, gpus, account: Account):
+    async def _create(self, image: str, workspace: str, gpus, account: Account, host_port=None):
         command = self.cmd or (await self.docker("inspect_image", image))["Config"]["Cmd"] or []
         env = rewrite_hub_urls(self.get_env(), self.host_gateway_ip)
         create_kwargs, host_kwargs = build_container_request(
@@ -938,6 +956,7 @@ class RootlessGPUSpawner(DockerSpawner):
             network_mode=self.network_name,
             mem_limit=self.mem_limit,
             cpu_limit=self.cpu_limit,
+            host_port=host_port,
         )
         extra_create = await self._maybe_await(self._eval_if_callable(self.extra_create_kwargs))
         extra_host = await self._maybe_await(self._eval_if_callable(self.extra_host_config))

@@ -260,6 +260,27 @@ def test_isolation(rel_hub, daemons, testbed, reliability):
     stop_all(hub, [ALICE, BOB])
 
 
+def test_class_start_on_freshly_restarted_daemons(rel_hub, daemons, testbed, reliability):
+    """After a reboot every daemon's port counter starts at the same number; the spawner
+    picks host ports itself, so a class starting together does not collide on loopback."""
+    hub = rel_hub
+    for name in (ALICE, BOB):
+        pw = pwd.getpwnam(name)
+        daemonctl.stop_daemon(pw)
+        daemonctl.start_daemon(pw, gpu_stub_dir=testbed["gpu_stub_dir"] if name == BOB else None, timeout=60)
+    students = LOAD_USERS[:12]
+    spawn_all(hub, {n: {"gpus": 0} for n in students})
+    ports = []
+    for n in students:
+        (c,) = containers_of(daemons[daemon_of(n)], n)
+        ports.append(c.attrs["NetworkSettings"]["Ports"]["8888/tcp"][0]["HostPort"])
+    distinct = len(set(ports)) == len(students)
+    reliability.record("Load", "12 students start at once on freshly restarted daemons",
+                       "all ready, distinct host ports", f"{len(students)} ready, {len(set(ports))} distinct ports", distinct)
+    assert distinct, ports
+    stop_all(hub, students)
+
+
 def hub_fds_threads(hub):
     pid = hub.proc.pid
     return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))

@@ -97,3 +97,30 @@ def test_request_keeps_extra_binds_and_limits():
 def test_request_refuses_privileged_port():
     with pytest.raises(ValueError, match="below 1024"):
         _request(port=80)
+
+
+def test_request_with_chosen_host_port():
+    _, host = _request(host_port=40123)
+    assert host["port_bindings"] == {8888: ("127.0.0.1", 40123)}
+
+
+def test_pick_host_port_is_free_and_not_repeated():
+    import socket
+
+    from rootless_gpu_spawner import container
+
+    picked = {container.pick_host_port("127.0.0.1", now=1000.0) for _ in range(20)}
+    assert len(picked) == 20  # never the same port twice within the reuse window
+    for port in picked:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # and each was free on the host
+    assert all(p > 1024 for p in picked)
+
+
+def test_port_clash_messages():
+    from rootless_gpu_spawner.container import is_port_clash
+
+    assert is_port_clash("driver failed programming external connectivity on endpoint x: "
+                         "listen tcp4 127.0.0.1:32777: bind: address already in use")
+    assert is_port_clash("Bind for 127.0.0.1:40000 failed: port is already allocated")
+    assert not is_port_clash("no such image")
