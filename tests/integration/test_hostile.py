@@ -76,8 +76,9 @@ def refuse_and_record(hub, daemons, reliability, case, name, options, words):
     r = hub.spawn(name, options)
     message = spawn_message(hub, name, r)
     clean = nothing_started(hub, daemons, name)
-    refused = r.status_code >= 400 or "failed" in message.lower() or bool(message)
-    ok = words in message and clean and refused and (r.status_code >= 400 or r.status_code == 202)
+    # A fast refusal is the API's 4xx/5xx; a slow one (past the hub's slow_spawn_timeout)
+    # arrives as the failed event of the progress stream. Either way: the words, nothing started.
+    ok = words in message and clean
     observed = f"HTTP {r.status_code}: {message}"
     reliability.record(SECTION, case, f"clear error containing '{words}', nothing started", observed, ok)
     assert words in message, observed
