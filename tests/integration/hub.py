@@ -187,6 +187,10 @@ class Hub:
     def stop_server(self, name, timeout=120):
         r = self.request("DELETE", f"/users/{name}/server", timeout=timeout)
         assert r.status_code in (202, 204, 400), r.text
+        self.wait_gone(name, timeout)
+
+    def wait_gone(self, name, timeout=90):
+        """Until the hub no longer lists the server (stopped, or seen dead by poll)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.server(name):

@@ -8,7 +8,6 @@ land on the one GPU daemon of the testbed; the allocator is host-wide anyway.
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -36,15 +35,6 @@ def gpu_hub(testbed, hub_factory):
 
 def visible(daemons, name):
     return set(container_env(daemons[BOB], name)["NVIDIA_VISIBLE_DEVICES"].split(","))
-
-
-def wait_gone(hub, name, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not hub.server(name):
-            return
-        time.sleep(1)
-    raise AssertionError(f"{name}'s server still listed after {timeout}s")
 
 
 def test_exclusive_allocation_refusal_restart_and_release(gpu_hub, daemons):
@@ -85,7 +75,7 @@ def test_exclusive_allocation_refusal_restart_and_release(gpu_hub, daemons):
     # A container that dies is seen by poll and its GPUs are released.
     (c2,) = containers_of(daemons[BOB], s2)
     c2.kill()
-    wait_gone(hub, s2)
+    hub.wait_gone(s2)
     assert containers_of(daemons[BOB], s2) == []  # poll also removed the dead container
     r = hub.spawn(s1, {"gpus": ["%s" % sorted(g2)[0]]})
     assert r.status_code in (201, 202), r.text
