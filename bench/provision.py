@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from rootless_gpu_spawner import daemonctl
+from rootless_gpu_spawner.workspace import ensure_workspace
 from tests import testbed
 
 PREFIX = "rgsbench-"
@@ -75,7 +76,7 @@ def ensure_subids(pw: pwd.struct_passwd) -> None:
 def ensure_account(name: str) -> pwd.struct_passwd:
     pw = testbed.ensure_user(name)  # useradd -m when missing
     ensure_subids(pw)
-    daemonctl.ensure_user_dir(pw, "workspace")
+    ensure_workspace(pw.pw_dir, "workspace", pw.pw_uid, pw.pw_gid)
     return pw
 
 

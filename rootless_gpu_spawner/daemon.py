@@ -98,14 +98,6 @@ def _owner_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def is_rootless(info: dict) -> bool:
-    """``docker info`` says rootless in its security options (name=rootless)."""
-    for option in info.get("SecurityOptions") or []:
-        if "name=rootless" in option.split(","):
-            return True
-    return False
-
-
 class DaemonConnection:
     """One Docker client and thread pool for one daemon, shared by its servers."""
 

@@ -63,7 +63,6 @@ __all__ = [
     "DaemonPaths",
     "daemon_paths",
     "ensure_runtime_dir",
-    "ensure_user_dir",
     "merge_daemon_json",
     "read_user_file",
     "write_user_file",
@@ -244,6 +243,15 @@ def _write_pid_file(dir_fd: int, name: str, pid: int, uid: int, gid: int) -> Non
     _atomic_write(dir_fd, name, f"{pid}\n".encode(), uid, gid, 0o644)
 
 
+def _record_pid(paths: "DaemonPaths", pid: int, uid: int, gid: int) -> None:
+    """Write dockerd's pid file in the runtime dir (when dockerd did not)."""
+    dfd = os.open(paths.runtime_dir, _O_DIR)
+    try:
+        _write_pid_file(dfd, os.path.basename(paths.pid_file), pid, uid, gid)
+    finally:
+        os.close(dfd)
+
+
 def _read_pid_file(path: str) -> Optional[int]:
     d, name = os.path.split(path)
     try:
@@ -328,24 +336,6 @@ def _home_relpath(pw: pwd.struct_passwd, rel: str) -> tuple[str, list[str], str]
     relreal = os.path.relpath(real, home)
     parts = relreal.split(os.sep)
     return home, parts[:-1], parts[-1]
-
-
-def ensure_user_dir(pw: pwd.struct_passwd, rel: str) -> str:
-    """Create ``~user/rel`` (and parents) owned by the user, never via symlinks.
-
-    Used by the testbed (``~/workspace``) and by merge_daemon_json.
-    Returns the real path.
-    """
-    home, parts, last = _home_relpath(pw, rel.rstrip("/") + "/.")
-    # rel + "/." resolves to the dir itself; parts+last are its components
-    comps = parts + ([last] if last not in (".", "") else [])
-    hfd = os.open(home, _O_DIR)
-    try:
-        fd = _walk_dirs(hfd, comps, pw.pw_uid, pw.pw_gid, True, home)
-        os.close(fd)
-    finally:
-        os.close(hfd)
-    return os.path.join(home, *comps)
 
 
 def read_user_file(pw: pwd.struct_passwd, rel: str, limit: int = 1 << 20) -> Optional[bytes]:
@@ -653,6 +643,17 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = s
 
 
+def is_rootless(info: dict) -> bool:
+    """``docker info`` lists ``name=rootless`` among its security options.
+
+    The one test of "this is not the rootful daemon", for the admin CLI and the spawner.
+    """
+    for option in info.get("SecurityOptions") or []:
+        if "name=rootless" in str(option).split(","):
+            return True
+    return False
+
+
 def api_get(socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 << 20) -> tuple[int, bytes]:
     """GET *path* from the Docker API on *socket_path*; (status, body).
 
@@ -949,11 +950,7 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
         pid = _running_dockerd(paths)
         if pid and ping(paths.socket):
             if _read_pid_file(paths.pid_file) != pid:
-                dfd = os.open(paths.runtime_dir, _O_DIR)
-                try:
-                    _write_pid_file(dfd, os.path.basename(paths.pid_file), pid, uid, gid)
-                finally:
-                    os.close(dfd)
+                _record_pid(paths, pid, uid, gid)
             return pid
         if pid:
             # Alive but not (yet) answering: maybe still starting elsewhere.
@@ -1043,11 +1040,7 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
             if not found:
                 raise DaemonError(f"{paths.socket} answers but no dockerd of uid {uid} was found; see {paths.log_file}")
             pid = min(found)
-            dfd = os.open(paths.runtime_dir, _O_DIR)
-            try:
-                _write_pid_file(dfd, os.path.basename(paths.pid_file), pid, uid, gid)
-            finally:
-                os.close(dfd)
+            _record_pid(paths, pid, uid, gid)
         return pid
 
 
@@ -1198,7 +1191,7 @@ def daemon_status(pw: pwd.struct_passwd, timeout: float = 5.0) -> dict:
         st["error"] = f"/info or /version failed: {e}"
         return st
     sec = info.get("SecurityOptions") or []
-    st["rootless"] = any("name=rootless" in str(o) for o in sec)
+    st["rootless"] = is_rootless(info)
     st["server_version"] = ver.get("Version") or info.get("ServerVersion")
     st["api_version"] = ver.get("ApiVersion")
     st["cgroup_driver"] = info.get("CgroupDriver")

@@ -19,7 +19,8 @@ from .container import (
     build_container_request, check_container_port, is_port_clash, pick_host_port, rewrite_hub_urls,
     server_args,
 )
-from .daemon import DaemonError, is_connection_error, is_rootless, render_docker_host
+from .daemon import DaemonError, is_connection_error, render_docker_host
+from .daemonctl import is_rootless
 from . import gpu_alloc
 from .gpu_alloc import GPURequestError, InventoryUnknown, NoFreeGPU
 from .gpus import (

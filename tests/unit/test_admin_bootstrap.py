@@ -25,13 +25,6 @@ MIRROR = "http://10.0.2.2:5000"
 
 
 @pytest.fixture
-def pw(tmp_path):
-    home = tmp_path / "home" / "student"
-    home.mkdir(parents=True)
-    return pwd.struct_passwd(("rgs-fake", "x", os.getuid(), os.getgid(), "", str(home), "/bin/sh"))
-
-
-@pytest.fixture
 def paths(tmp_path):
     etc = tmp_path / "etc"
     etc.mkdir()

@@ -16,13 +16,6 @@ as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown / mkno
 
 
 @pytest.fixture
-def pw(tmp_path):
-    home = tmp_path / "home" / "student"
-    home.mkdir(parents=True)
-    return pwd.struct_passwd(("rgs-fake", "x", os.getuid(), os.getgid(), "", str(home), "/bin/sh"))
-
-
-@pytest.fixture
 def paths(tmp_path):
     etc = tmp_path / "etc"
     etc.mkdir()

@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
+from rootless_gpu_spawner.daemonctl import is_rootless
 from rootless_gpu_spawner.daemon import (
     DaemonError,
-    is_rootless,
     render_docker_host,
     socket_path,
     verify_socket,

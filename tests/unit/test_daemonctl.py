@@ -154,15 +154,6 @@ def test_invalid_json_is_reported_not_overwritten(pw):
     assert open(cfg(pw)).read() == "{not json"
 
 
-def test_ensure_user_dir(pw, tmp_path):
-    p = daemonctl.ensure_user_dir(pw, "workspace")
-    assert os.path.isdir(p) and p == os.path.join(os.path.realpath(pw.pw_dir), "workspace")
-    os.symlink(tmp_path, os.path.join(pw.pw_dir, "escape"))
-    with pytest.raises(DaemonError):
-        daemonctl.ensure_user_dir(pw, "escape/sub")
-    assert not (tmp_path / "sub").exists()
-
-
 def test_ping_missing_socket(tmp_path):
     assert daemonctl.ping(str(tmp_path / "nope.sock"), timeout=0.5) is False
 
