@@ -247,6 +247,7 @@ def ensure_registry() -> None:
         return
     if not pid and registry_answers():
         raise TestbedError(f"something else answers on {REGISTRY}; stop it (ss -ltnp 'sport = :{REGISTRY_PORT}') and rerun")
+    child = None
     if not pid:
         log = open(REGISTRY_LOG, "ab")
         try:
@@ -258,10 +259,12 @@ def ensure_registry() -> None:
         finally:
             log.close()
         write_atomic(REGISTRY_PID, f"{p.pid}\n")
-        pid = p.pid
+        pid, child = p.pid, p
     deadline = time.monotonic() + 30
     while not registry_answers():
-        if not _registry_pid():
+        # Our own child: ask it (its /proc cmdline is Python's until it has exec'd).
+        died = child.poll() is not None if child is not None else not _registry_pid()
+        if died:
             raise TestbedError(f"docker-registry died; see {REGISTRY_LOG}")
         if time.monotonic() > deadline:
             raise TestbedError(f"docker-registry does not answer on {REGISTRY} after 30s; see {REGISTRY_LOG}")
