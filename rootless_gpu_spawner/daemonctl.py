@@ -30,10 +30,12 @@ Layout per user (all decided here, nowhere else):
 Security rules (this code runs as root against user-controlled files):
 
 * The runtime dir and the home are writable by the user, who may plant
-  symlinks, FIFOs or hard links there.  Every open is ``O_NOFOLLOW |
-  O_NONBLOCK`` on a directory fd, regular files only; files in the home are
-  reached by walking directory fds with ``O_NOFOLLOW`` so a symlink can never
-  lead root out of the home, even if swapped mid-way.
+  symlinks, FIFOs or hard links there.  Every file root touches there goes
+  through :mod:`safefs` (shared with the workspace code): ``O_NOFOLLOW |
+  O_NONBLOCK`` opens on directory fds, regular single-link files only, a
+  walk that never lets the kernel follow a link (links inside the home are
+  resolved by us and may not leave it), one atomic writer, and ownership
+  handed over through an fd only after fstat shows what we expect.
 * Pid files are user-writable, so a pid read from them is only ever
   signalled after checking ``/proc/PID`` belongs to that user's uid and has
   the expected command name.  Otherwise a student could make root kill the
@@ -42,8 +44,10 @@ Security rules (this code runs as root against user-controlled files):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import functools
 import grp
 import http.client
 import json
@@ -56,7 +60,9 @@ import stat
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
+
+from . import safefs
 
 __all__ = [
     "DaemonError",
@@ -161,86 +167,32 @@ def daemon_paths(uid: int) -> DaemonPaths:
 
 
 # --------------------------------------------------------------------------
-# Safe file helpers (no symlink following, regular files only)
+# Files root touches in the runtime dir and the home (all through safefs)
 # --------------------------------------------------------------------------
 
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = safefs.O_DIR
 
 
-def _chown_if_root(fd: int, uid: int, gid: int) -> None:
-    if os.geteuid() == 0:
-        os.fchown(fd, uid, gid)
+def _safe(fn):
+    """Report safefs' refusals as DaemonError (same message: path and fix)."""
 
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except safefs.UnsafePathError as e:
+            raise DaemonError(str(e)) from e
 
-def _open_regular(dir_fd: int, name: str, flags: int, mode: int = 0o600, what: str = "") -> int:
-    """Open *name* in *dir_fd* without following symlinks; refuse non-files.
-
-    ``O_NONBLOCK`` keeps a planted FIFO from hanging root; ``fstat`` then
-    refuses anything but a regular file with a single link (a hard link to
-    e.g. /etc/shadow planted by the user would otherwise be read or written).
-    """
-    try:
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise DaemonError(
-                f"{what or name} is a symbolic link; refusing to follow it as root. "
-                f"Remove the link (and put a real file there) to continue."
-            ) from e
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-        os.close(fd)
-        raise DaemonError(
-            f"{what or name} is not a plain file (mode {oct(st.st_mode)}, {st.st_nlink} links); "
-            f"refusing to use it as root. Remove it to continue."
-        )
-    os.set_blocking(fd, True)
-    return fd
+    return wrapper
 
 
 def _read_small(dir_fd: int, name: str, limit: int = 1 << 20, what: str = "") -> Optional[bytes]:
-    """Content of a regular file, or None if it does not exist."""
-    try:
-        fd = _open_regular(dir_fd, name, os.O_RDONLY, what=what)
-    except FileNotFoundError:
-        return None
-    try:
-        data = os.read(fd, limit + 1)
-        if len(data) > limit:
-            raise DaemonError(f"{what or name} is larger than {limit} bytes; refusing to read it.")
-        return data
-    finally:
-        os.close(fd)
+    return safefs.read_small(dir_fd, name, limit, shown=what)
 
 
-def _atomic_write(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int = 0o644) -> None:
-    """Write *name* by tmp file + rename, owned by uid:gid.
-
-    rename replaces the directory entry itself, so an existing symlink at
-    *name* is replaced, never followed.
-    """
-    tmp = f".{name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-    try:
-        try:
-            os.write(fd, data)
-            _chown_if_root(fd, uid, gid)
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise
-
-
+@_safe
 def _write_pid_file(dir_fd: int, name: str, pid: int, uid: int, gid: int) -> None:
-    _atomic_write(dir_fd, name, f"{pid}\n".encode(), uid, gid, 0o644)
+    safefs.atomic_write(dir_fd, name, f"{pid}\n".encode(), mode=0o644, owner=(uid, gid), shown=name)
 
 
 def _record_pid(paths: "DaemonPaths", pid: int, uid: int, gid: int) -> None:
@@ -260,7 +212,7 @@ def _read_pid_file(path: str) -> Optional[int]:
         return None
     try:
         data = _read_small(dfd, name, limit=64, what=path)
-    except (DaemonError, OSError):
+    except (safefs.UnsafePathError, OSError):
         return None
     finally:
         os.close(dfd)
@@ -273,89 +225,41 @@ def _read_pid_file(path: str) -> Optional[int]:
     return pid if pid > 1 else None
 
 
-def _walk_dirs(base_fd: int, parts: Iterable[str], uid: int, gid: int, create: bool, shown: str) -> int:
-    """Descend from *base_fd* through *parts* with O_NOFOLLOW, mkdir'ing.
-
-    Returns an fd of the last directory (caller closes).  Created dirs are
-    0700 and owned by the user.  Any symlink met here makes the open fail
-    with ELOOP, which becomes a clear DaemonError.
-    """
-    fd = os.dup(base_fd)
-    path = shown
-    try:
-        for part in parts:
-            if part in ("", "."):
-                continue
-            if part == ".." or "/" in part:
-                raise DaemonError(f"invalid path component {part!r} under {shown}")
-            path = os.path.join(path, part)
-            try:
-                nfd = os.open(part, _O_DIR, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                try:
-                    os.mkdir(part, 0o700, dir_fd=fd)
-                except FileExistsError:
-                    pass
-                nfd = os.open(part, _O_DIR, dir_fd=fd)
-                _chown_if_root(nfd, uid, gid)
-            except OSError as e:
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise DaemonError(
-                        f"{path} is a symbolic link or not a directory; refusing to follow it as root. "
-                        f"Replace it by a real directory owned by the user to continue."
-                    ) from e
-                raise
-            os.close(fd)
-            fd = nfd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _home_relpath(pw: pwd.struct_passwd, rel: str) -> tuple[str, list[str], str]:
-    """Resolve ``~user/rel`` and make sure it stays inside the home.
-
-    Symlinks *inside* the home (dotfile managers do that) are fine; one that
-    resolves outside it is refused.  Returns (real home, dir components
-    relative to it, file name).  The later descent uses O_NOFOLLOW on the
-    resolved components, so a link swapped in between fails instead of
-    escaping.
-    """
+@contextlib.contextmanager
+def _user_file(pw: pwd.struct_passwd, rel: str, create: bool) -> Iterator[Optional[tuple[int, str, str]]]:
+    """(dir fd, name, shown path) of ``~user/rel`` reached by safefs' walk; None when
+    a parent is missing and *create* is False.  Links inside the home are
+    resolved by the walk, one leading out of it is refused."""
     home = os.path.realpath(pw.pw_dir)
-    if not os.path.isdir(home):
-        raise DaemonError(f"home directory {pw.pw_dir} of {pw.pw_name} does not exist; create it (useradd -m).")
-    real = os.path.realpath(os.path.join(home, rel))
-    if os.path.commonpath([home, real]) != home or real == home:
-        raise DaemonError(
-            f"~{pw.pw_name}/{rel} resolves to {real}, outside the home {home} (symbolic link); "
-            f"refusing to write there as root. Remove the link to continue."
-        )
-    relreal = os.path.relpath(real, home)
-    parts = relreal.split(os.sep)
-    return home, parts[:-1], parts[-1]
-
-
-def read_user_file(pw: pwd.struct_passwd, rel: str, limit: int = 1 << 20) -> Optional[bytes]:
-    """Content of ``~user/rel`` read as root without following symlinks out
-    of the home (None when it or a parent dir does not exist)."""
-    home, parts, name = _home_relpath(pw, rel)
-    hfd = os.open(home, _O_DIR)
     try:
-        try:
-            dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, False, home)
-        except FileNotFoundError:
-            return None
+        hfd = os.open(home, _O_DIR)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DaemonError(f"home directory {pw.pw_dir} of {pw.pw_name} does not exist; create it (useradd -m).") from None
+    try:
+        owner = (pw.pw_uid, pw.pw_gid) if create else None
+        found = safefs.locate_beneath(hfd, home, rel, create=owner, aliases=(os.path.normpath(pw.pw_dir),))
+    except FileNotFoundError:
+        found = None
+    except safefs.UnsafePathError as e:
+        raise DaemonError(str(e)) from e
     finally:
         os.close(hfd)
     try:
-        return _read_small(dfd, name, limit=limit, what=os.path.join(home, *parts, name))
+        yield found
     finally:
-        os.close(dfd)
+        if found:
+            os.close(found[0])
 
 
+@_safe
+def read_user_file(pw: pwd.struct_passwd, rel: str, limit: int = 1 << 20) -> Optional[bytes]:
+    """Content of ``~user/rel`` read as root without following symlinks out
+    of the home (None when it or a parent dir does not exist)."""
+    with _user_file(pw, rel, create=False) as found:
+        return _read_small(found[0], found[1], limit=limit, what=found[2]) if found else None
+
+
+@_safe
 def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o644, *, dry_run: bool = False) -> bool:
     """Make ``~user/rel`` hold *data*, owned by the user; return changed.
 
@@ -364,28 +268,23 @@ def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o
     ``rel.bak``, nothing written (no mtime churn) when the content is
     already right.  With *dry_run* nothing is created or written.
     """
-    home, parts, name = _home_relpath(pw, rel)
-    shown = os.path.join(home, *parts, name)
-    hfd = os.open(home, _O_DIR)
-    try:
-        try:
-            dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, not dry_run, home)
-        except FileNotFoundError:
+    with _user_file(pw, rel, create=not dry_run) as found:
+        if found is None:
             return True  # dry run: the directory would be created
-    finally:
-        os.close(hfd)
-    try:
+        dfd, name, shown = found
         old = _read_small(dfd, name, what=shown)
         if old == data:
             return False
-        if dry_run:
-            return True
-        if old is not None:
-            _atomic_write(dfd, name + ".bak", old, pw.pw_uid, pw.pw_gid, mode)
-        _atomic_write(dfd, name, data, pw.pw_uid, pw.pw_gid, mode)
+        if not dry_run:
+            _replace_keeping_bak(pw, dfd, name, old, data, mode, shown)
         return True
-    finally:
-        os.close(dfd)
+
+
+def _replace_keeping_bak(pw, dfd: int, name: str, old: Optional[bytes], data: bytes, mode: int, shown: str) -> None:
+    owner = (pw.pw_uid, pw.pw_gid)
+    if old is not None:
+        safefs.atomic_write(dfd, name + ".bak", old, mode=mode, owner=owner, shown=shown + ".bak")
+    safefs.atomic_write(dfd, name, data, mode=mode, owner=owner, shown=shown)
 
 
 # --------------------------------------------------------------------------
@@ -393,13 +292,15 @@ def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o
 # --------------------------------------------------------------------------
 
 
+@_safe
 def ensure_runtime_dir(pw: pwd.struct_passwd) -> str:
     """Create ``/run/user/UID`` owned by the user, mode 0700.
 
     Without systemd-logind nobody creates it; rootless dockerd refuses to
     start without a writable ``XDG_RUNTIME_DIR`` and puts its socket there.
     /run/user itself is root's, so the user cannot swap the directory for a
-    symlink; we still lstat and fix owner/mode without following links.
+    symlink; we still open it O_NOFOLLOW and fix owner (only from root:
+    :func:`safefs.hand_over`) and mode through the fd.
     """
     paths = daemon_paths(pw.pw_uid)
     os.makedirs("/run/user", mode=0o755, exist_ok=True)
@@ -407,24 +308,26 @@ def ensure_runtime_dir(pw: pwd.struct_passwd) -> str:
         os.mkdir(paths.runtime_dir, 0o700)
     except FileExistsError:
         pass
-    st = os.lstat(paths.runtime_dir)
-    if not stat.S_ISDIR(st.st_mode):
+    try:
+        fd = os.open(paths.runtime_dir, _O_DIR)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
         raise DaemonError(
             f"{paths.runtime_dir} exists but is not a directory; remove it so it can be recreated "
             f"as the runtime dir of {pw.pw_name}."
-        )
-    if (st.st_uid, st.st_gid) != (pw.pw_uid, pw.pw_gid):
-        if os.geteuid() != 0:
-            raise DaemonError(
-                f"{paths.runtime_dir} is owned by uid {st.st_uid}, not {pw.pw_uid}; "
-                f"run as root: chown {pw.pw_uid}:{pw.pw_gid} {paths.runtime_dir}"
-            )
-        os.chown(paths.runtime_dir, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(paths.runtime_dir, 0o700)
+        ) from None
+    try:
+        # /run/user is root's: a root-owned UID dir there was made by root for this user.
+        safefs.hand_over(fd, pw.pw_uid, pw.pw_gid, paths.runtime_dir, root_owned_ok=True)
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return paths.runtime_dir
 
 
+@_safe
 def merge_daemon_json(
     pw: pwd.struct_passwd,
     registry_mirrors: Optional[list[str]] = None,
@@ -446,57 +349,50 @@ def merge_daemon_json(
     need this done as the user instead.  With *dry_run* nothing is created
     or written; the return value says whether it would be.
     """
-    rel = ".config/docker/daemon.json"
-    home, parts, name = _home_relpath(pw, rel)
-    shown = os.path.join(home, *parts, name)
-    hfd = os.open(home, _O_DIR)
-    try:
-        dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, not dry_run, home)
-    except FileNotFoundError:
-        dfd = None  # dry run: ~/.config/docker does not exist yet
-    finally:
-        os.close(hfd)
-    if dfd is None:
-        return any(v for v in (registry_mirrors, insecure_registries))
-    try:
+    with _user_file(pw, ".config/docker/daemon.json", create=not dry_run) as found:
+        if found is None:
+            return any(v for v in (registry_mirrors, insecure_registries))  # dry run: ~/.config/docker is missing
+        dfd, name, shown = found
         old_bytes = _read_small(dfd, name, what=shown)
-        if old_bytes is not None:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            if st.st_uid not in (pw.pw_uid, 0):
-                raise DaemonError(
-                    f"{shown} is owned by uid {st.st_uid}, neither {pw.pw_name} nor root; refusing to use it. "
-                    f"Remove it to continue."
-                )
-            try:
-                old = json.loads(old_bytes.decode("utf-8")) if old_bytes.strip() else {}
-            except (UnicodeDecodeError, ValueError) as e:
-                raise DaemonError(
-                    f"{shown} is not valid JSON ({e.__class__.__name__}); fix it or move it away "
-                    f"(the daemon would not start with it either)."
-                ) from None
-            if not isinstance(old, dict):
-                raise DaemonError(f"{shown} does not hold a JSON object; fix it or move it away.")
-        else:
-            old = {}
-        new = dict(old)
-        for key, value in (("registry-mirrors", registry_mirrors), ("insecure-registries", insecure_registries)):
-            if value is None:
-                continue
-            value = [str(v) for v in value]
-            if value:
-                new[key] = value
-            else:
-                new.pop(key, None)
+        old = _parse_daemon_json(pw, dfd, name, shown, old_bytes) if old_bytes is not None else {}
+        new = _merged(old, registry_mirrors, insecure_registries)
         if new == old and (old_bytes is not None or not new):
             return False
-        if dry_run:
-            return True
-        if old_bytes is not None:
-            _atomic_write(dfd, name + ".bak", old_bytes, pw.pw_uid, pw.pw_gid, 0o644)
-        _atomic_write(dfd, name, (json.dumps(new, indent=2) + "\n").encode(), pw.pw_uid, pw.pw_gid, 0o644)
+        if not dry_run:
+            _replace_keeping_bak(pw, dfd, name, old_bytes, (json.dumps(new, indent=2) + "\n").encode(), 0o644, shown)
         return True
-    finally:
-        os.close(dfd)
+
+
+def _parse_daemon_json(pw: pwd.struct_passwd, dfd: int, name: str, shown: str, raw: bytes) -> dict:
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if st.st_uid not in (pw.pw_uid, 0):
+        raise DaemonError(
+            f"{shown} is owned by uid {st.st_uid}, neither {pw.pw_name} nor root; refusing to use it. "
+            f"Remove it to continue."
+        )
+    try:
+        old = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DaemonError(
+            f"{shown} is not valid JSON ({e.__class__.__name__}); fix it or move it away "
+            f"(the daemon would not start with it either)."
+        ) from None
+    if not isinstance(old, dict):
+        raise DaemonError(f"{shown} does not hold a JSON object; fix it or move it away.")
+    return old
+
+
+def _merged(old: dict, registry_mirrors: Optional[list[str]], insecure_registries: Optional[list[str]]) -> dict:
+    new = dict(old)
+    for key, value in (("registry-mirrors", registry_mirrors), ("insecure-registries", insecure_registries)):
+        if value is None:
+            continue
+        value = [str(v) for v in value]
+        if value:
+            new[key] = value
+        else:
+            new.pop(key, None)
+    return new
 
 
 # --------------------------------------------------------------------------
@@ -803,27 +699,30 @@ def _log_tail(path: str, start: int = 0, lines: int = 20) -> str:
         d, name = os.path.split(path)
         dfd = os.open(d, _O_DIR)
         try:
-            fd = _open_regular(dfd, name, os.O_RDONLY, what=path)
+            fd = safefs.open_regular(dfd, name, os.O_RDONLY, shown=path)
         finally:
             os.close(dfd)
         with os.fdopen(fd, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(start, size - 64 * 1024))
             text = f.read().decode("utf-8", errors="replace")
-    except (OSError, DaemonError) as e:
+    except (OSError, safefs.UnsafePathError) as e:
         return f"(cannot read {path}: {e})"
     return "\n".join(text.splitlines()[-lines:])
 
 
+@_safe
 def _open_log(paths: DaemonPaths, pw: pwd.struct_passwd) -> tuple[int, int]:
-    """Open (create) the log in the runtime dir for appending; (fd, offset)."""
+    """Open (create) the log in the runtime dir for appending; (fd, offset).
+
+    A log we create is handed to the user; an existing one must already be
+    theirs (safefs.open_or_create refuses anything else)."""
     dfd = os.open(paths.runtime_dir, _O_DIR)
     try:
         name = os.path.basename(paths.log_file)
-        fd = _open_regular(dfd, name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, what=paths.log_file)
+        fd = safefs.open_or_create(dfd, name, os.O_WRONLY | os.O_APPEND, (pw.pw_uid, pw.pw_gid), paths.log_file)
     finally:
         os.close(dfd)
-    _chown_if_root(fd, pw.pw_uid, pw.pw_gid)
     if os.fstat(fd).st_size > LOG_MAX_BYTES:
         os.ftruncate(fd, 0)
     offset = os.lseek(fd, 0, os.SEEK_END)
@@ -845,10 +744,12 @@ class _Lock:
     def __enter__(self) -> "_Lock":
         dfd = os.open(self.paths.runtime_dir, _O_DIR)
         try:
-            self.fd = _open_regular(dfd, os.path.basename(self.paths.lock_file), os.O_RDWR | os.O_CREAT, 0o600, what=self.paths.lock_file)
+            owner = (self.pw.pw_uid, self.pw.pw_gid)
+            self.fd = safefs.open_or_create(dfd, os.path.basename(self.paths.lock_file), os.O_RDWR, owner, self.paths.lock_file)
+        except safefs.UnsafePathError as e:
+            raise DaemonError(str(e)) from e
         finally:
             os.close(dfd)
-        _chown_if_root(self.fd, self.pw.pw_uid, self.pw.pw_gid)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
