@@ -62,7 +62,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
-from . import safefs
+from . import boundedjson, safefs
 
 __all__ = [
     "DaemonError",
@@ -371,11 +371,10 @@ def _parse_daemon_json(pw: pwd.struct_passwd, dfd: int, name: str, shown: str, r
             f"Remove it to continue."
         )
     try:
-        old = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-    except (UnicodeDecodeError, ValueError) as e:
+        old = boundedjson.loads(raw) if raw.strip() else {}
+    except boundedjson.UntrustedJSONError as e:
         raise DaemonError(
-            f"{shown} is not valid JSON ({e.__class__.__name__}); fix it or move it away "
-            f"(the daemon would not start with it either)."
+            f"{shown} is {e}; fix it or move it away (the daemon would not start with it either)."
         ) from None
     if not isinstance(old, dict):
         raise DaemonError(f"{shown} does not hold a JSON object; fix it or move it away.")
@@ -544,7 +543,8 @@ def is_rootless(info: dict) -> bool:
 
     The one test of "this is not the rootful daemon", for the admin CLI and the spawner.
     """
-    for option in info.get("SecurityOptions") or []:
+    options = info.get("SecurityOptions") if isinstance(info, dict) else None
+    for option in options if isinstance(options, list) else []:
         if "name=rootless" in str(option).split(","):
             return True
     return False
@@ -565,6 +565,12 @@ def api_get(socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 <<
         return resp.status, body
     finally:
         conn.close()
+
+
+def _api_object(socket_path: str, path: str, timeout: float) -> dict:
+    """GET *path* and parse the answer as a bounded JSON object ({} unless 200)."""
+    code, body = api_get(socket_path, path, timeout=timeout, limit=boundedjson.MAX_BYTES)
+    return boundedjson.loads_object(body) if code == 200 else {}
 
 
 def ping(socket_path: str, timeout: float = 2.0) -> bool:
@@ -1084,12 +1090,12 @@ def daemon_status(pw: pwd.struct_passwd, timeout: float = 5.0) -> dict:
         st["error"] = f"{paths.socket} exists but does not answer /_ping (stale? restart the daemon). Log: {paths.log_file}"
         return st
     try:
-        code, body = api_get(paths.socket, "/info", timeout=timeout)
-        info = json.loads(body) if code == 200 else {}
-        code, body = api_get(paths.socket, "/version", timeout=timeout)
-        ver = json.loads(body) if code == 200 else {}
-    except (OSError, http.client.HTTPException, ValueError) as e:
+        info, ver = (_api_object(paths.socket, p, timeout) for p in ("/info", "/version"))
+    except (OSError, http.client.HTTPException) as e:
         st["error"] = f"/info or /version failed: {e}"
+        return st
+    except boundedjson.UntrustedJSONError as e:
+        st["error"] = f"the daemon on {paths.socket} answered /info or /version with a document that is {e}; restart it"
         return st
     sec = info.get("SecurityOptions") or []
     st["rootless"] = is_rootless(info)

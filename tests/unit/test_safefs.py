@@ -111,22 +111,13 @@ def test_hand_over_rules(root):
 
 
 @pytest.fixture
-def student(tmp_path, monkeypatch):
-    """A made-up account 54321 whose runtime dir is a temp dir (daemon_paths redirected)."""
+def student(tmp_path, runtime_dir):
+    """A made-up account 54321 whose runtime dir is a temp dir."""
     if os.geteuid() != 0:
         pytest.skip("needs root (chown)")
     home = tmp_path / "home"
     home.mkdir()
     os.chown(home, UID, GID)
-    rd = tmp_path / "run-user"
-    real_paths = daemonctl.daemon_paths
-
-    def paths(uid):
-        p = real_paths(uid)
-        return daemonctl.DaemonPaths(uid, str(rd), *(str(rd / os.path.basename(getattr(p, f))) for f in
-                                                     ("socket", "pid_file", "rootlesskit_pid_file", "log_file", "lock_file")))
-
-    monkeypatch.setattr(daemonctl, "daemon_paths", paths)
     return pwd.struct_passwd(("rgs-fake", "x", UID, GID, "", str(home), "/bin/sh"))
 
 
