@@ -57,6 +57,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -522,16 +523,68 @@ def find_binaries() -> dict[str, str]:
 # --------------------------------------------------------------------------
 
 
+class PeerMismatch(DaemonError):
+    """The process serving a user's socket runs as another uid (SO_PEERCRED)."""
+
+    def __init__(self, socket_path: str, peer_uid: int, uid: int):
+        super().__init__(
+            f"{socket_path} is served by a process of uid {peer_uid}, not uid {uid}; refusing to trust it. "
+            f"Find it with: fuser {socket_path}"
+        )
+        self.peer_uid, self.uid = peer_uid, uid
+
+
+class AnswerTooLarge(OSError):
+    """The daemon's answer is larger than the caller's bound."""
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """Uid of the process at the other end of a unix socket (as the kernel saw it at connect)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every send and receive waits at most until one deadline.
+
+    A per-call timeout alone lets a daemon that trickles one byte just before
+    each timeout keep root waiting forever."""
+
+    deadline = 0.0
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the daemon did not answer in time")
+        self.settimeout(left)
+
+    def recv_into(self, buffer, nbytes=0, flags=0):
+        self._arm()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def recv(self, bufsize, flags=0):
+        self._arm()
+        return super().recv(bufsize, flags)
+
+    def sendall(self, data, flags=0):
+        self._arm()
+        return super().sendall(data, flags)
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float):
+    def __init__(self, socket_path: str, timeout: float, uid: Optional[int]):
         super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
+        self._socket_path, self._uid = socket_path, uid
+        self._deadline = time.monotonic() + timeout
 
     def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
+        s = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.deadline = self._deadline
         try:
+            s._arm()
             s.connect(self._socket_path)
+            if self._uid is not None and peer_uid(s) != self._uid:
+                raise PeerMismatch(self._socket_path, peer_uid(s), self._uid)
         except BaseException:
             s.close()
             raise
@@ -550,33 +603,43 @@ def is_rootless(info: dict) -> bool:
     return False
 
 
-def api_get(socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 << 20) -> tuple[int, bytes]:
+def api_get(
+    socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 << 20, *, uid: Optional[int] = None
+) -> tuple[int, bytes]:
     """GET *path* from the Docker API on *socket_path*; (status, body).
 
+    Bounded: the whole exchange ends by *timeout* seconds (TimeoutError), a
+    body over *limit* bytes raises AnswerTooLarge, and with *uid* the process
+    serving the socket must run as that uid (PeerMismatch, a DaemonError).
     stdlib only on purpose: the admin CLI must work before docker-py is
     importable, and each call is a fresh connection (no pooling state in a
     long-running hub).
     """
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    conn = _UnixHTTPConnection(socket_path, timeout, uid)
     try:
         conn.request("GET", path, headers={"Host": "docker"})
         resp = conn.getresponse()
-        body = resp.read(limit)
+        body = resp.read(limit + 1)
+        if len(body) > limit:
+            raise AnswerTooLarge(f"the answer to GET {path} on {socket_path} is larger than {limit} bytes")
         return resp.status, body
     finally:
         conn.close()
 
 
-def _api_object(socket_path: str, path: str, timeout: float) -> dict:
+def _api_object(socket_path: str, path: str, timeout: float, uid: int) -> dict:
     """GET *path* and parse the answer as a bounded JSON object ({} unless 200)."""
-    code, body = api_get(socket_path, path, timeout=timeout, limit=boundedjson.MAX_BYTES)
+    code, body = api_get(socket_path, path, timeout=timeout, limit=boundedjson.MAX_BYTES, uid=uid)
     return boundedjson.loads_object(body) if code == 200 else {}
 
 
-def ping(socket_path: str, timeout: float = 2.0) -> bool:
-    """True when something answers ``GET /_ping`` with 200 "OK" on the socket."""
+def ping(socket_path: str, timeout: float = 2.0, *, uid: Optional[int] = None) -> bool:
+    """True when something answers ``GET /_ping`` with 200 "OK" on the socket.
+
+    With *uid*, a server of another uid raises PeerMismatch instead of
+    counting as an answer."""
     try:
-        status, body = api_get(socket_path, "/_ping", timeout=timeout, limit=64)
+        status, body = api_get(socket_path, "/_ping", timeout=timeout, limit=64, uid=uid)
     except (OSError, http.client.HTTPException):
         return False
     return status == 200 and body.strip() == b"OK"
@@ -855,14 +918,14 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
     with _Lock(paths, pw, max(1.0, deadline - time.monotonic())):
         # Idempotence: a daemon that answers is kept as is.
         pid = _running_dockerd(paths)
-        if pid and ping(paths.socket):
+        if pid and ping(paths.socket, uid=uid):
             if _read_pid_file(paths.pid_file) != pid:
                 _record_pid(paths, pid, uid, gid)
             return pid
         if pid:
             # Alive but not (yet) answering: maybe still starting elsewhere.
             while time.monotonic() < deadline and _alive(pid):
-                if ping(paths.socket):
+                if ping(paths.socket, uid=uid):
                     return pid
                 time.sleep(_POLL)
             raise DaemonError(
@@ -870,7 +933,7 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
                 f"stop it (rootless-gpu-admin stop-daemon {pw.pw_name}) and start again. Log: {paths.log_file}\n"
                 + _log_tail(paths.log_file)
             )
-        if ping(paths.socket):
+        if ping(paths.socket, uid=uid):
             raise DaemonError(
                 f"something answers on {paths.socket} but no dockerd of uid {uid} runs; "
                 f"find it with: fuser {paths.socket}"
@@ -930,7 +993,7 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
                     f"rootless dockerd of {pw.pw_name} exited with code {rc} before answering on {paths.socket}. "
                     f"Last lines of {paths.log_file}:\n" + _log_tail(paths.log_file, offset)
                 )
-            if os.path.exists(paths.socket) and ping(paths.socket, timeout=1.0):
+            if os.path.exists(paths.socket) and ping(paths.socket, timeout=1.0, uid=uid):
                 break
             if time.monotonic() >= deadline:
                 tail = _log_tail(paths.log_file, offset)
@@ -1085,13 +1148,17 @@ def daemon_status(pw: pwd.struct_passwd, timeout: float = 5.0) -> dict:
     if st["socket_uid"] != pw.pw_uid:
         st["error"] = f"{paths.socket} is owned by uid {st['socket_uid']}, not {pw.pw_uid}; refusing to trust it"
         return st
-    st["running"] = ping(paths.socket, timeout=min(timeout, 2.0))
+    try:
+        st["running"] = ping(paths.socket, timeout=min(timeout, 2.0), uid=pw.pw_uid)
+    except PeerMismatch as e:
+        st["error"] = str(e)
+        return st
     if not st["running"]:
         st["error"] = f"{paths.socket} exists but does not answer /_ping (stale? restart the daemon). Log: {paths.log_file}"
         return st
     try:
-        info, ver = (_api_object(paths.socket, p, timeout) for p in ("/info", "/version"))
-    except (OSError, http.client.HTTPException) as e:
+        info, ver = (_api_object(paths.socket, p, timeout, pw.pw_uid) for p in ("/info", "/version"))
+    except (OSError, http.client.HTTPException, PeerMismatch) as e:
         st["error"] = f"/info or /version failed: {e}"
         return st
     except boundedjson.UntrustedJSONError as e:

@@ -515,10 +515,10 @@ def daemon_facts(pw: pwd.struct_passwd) -> DaemonFacts:
     facts = DaemonFacts(st)
     if st["running"]:
         try:
-            code, body = daemonctl.api_get(st["socket"], "/info", timeout=5, limit=boundedjson.MAX_BYTES)
+            code, body = daemonctl.api_get(st["socket"], "/info", timeout=5, limit=boundedjson.MAX_BYTES, uid=pw.pw_uid)
             if code == 200:
                 facts.info = boundedjson.loads_object(body)
-        except (OSError, http.client.HTTPException, boundedjson.UntrustedJSONError):
+        except (OSError, http.client.HTTPException, DaemonError, boundedjson.UntrustedJSONError):
             pass  # daemon_status already said what is wrong with the daemon
     facts.rootlesskit = rootlesskit_args(pw.pw_uid)
     return facts

@@ -4,6 +4,7 @@ their log.  One student's bad input is that student's failed check, never the en
 import json
 import os
 import pwd
+import threading
 
 import pytest
 
@@ -99,3 +100,49 @@ def test_odd_types_in_info_are_no_crash(tmp_path, runtime_dir):
     assert st["rootless"] is False and "NOT rootless" in st["error"]
     write_daemon_json(a, b'{"registry-mirrors": ["http://m"]}')
     assert hostchecks.check_daemon_json(a, hostchecks.DaemonFacts({"running": True, "rootless": True}, facts.info))
+
+
+# ---------------------------------------------------------------- #8 the stdlib Docker client is bounded
+
+
+def trickle(handler):
+    handler.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+    handler.wfile.flush()
+    for _ in range(200):  # one byte every 50 ms: each read alone is quick, the whole answer is not
+        handler.wfile.write(b" ")
+        handler.wfile.flush()
+        threading.Event().wait(0.05)
+
+
+def test_api_get_bounds_size_and_time(tmp_path):
+    sock = str(tmp_path / "d.sock")
+    big = (200, b'{"x": "' + b"y" * 100_000 + b'"}')
+    with FakeDaemon(sock, {"/big": big, "/slow": trickle}):
+        with pytest.raises(daemonctl.AnswerTooLarge, match="larger than 1000 bytes"):
+            daemonctl.api_get(sock, "/big", timeout=5, limit=1000)
+        with pytest.raises(TimeoutError):
+            daemonctl.api_get(sock, "/slow", timeout=0.5)
+        assert daemonctl.api_get(sock, "/big", timeout=5)[0] == 200
+
+
+def test_api_get_checks_the_peer_uid(tmp_path):
+    sock = str(tmp_path / "d.sock")
+    with FakeDaemon(sock, routes()):
+        assert daemonctl.api_get(sock, "/_ping", uid=os.getuid()) == (200, b"OK")
+        with pytest.raises(daemonctl.PeerMismatch, match=f"served by a process of uid {os.getuid()}, not uid 4242"):
+            daemonctl.api_get(sock, "/_ping", uid=4242)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+def test_a_socket_served_by_another_uid_is_a_failed_check_naming_it(tmp_path, runtime_dir):
+    home = tmp_path / "home"
+    home.mkdir()
+    other = pwd.struct_passwd(("rgs-fake", "x", 4242, 4242, "", str(home), "/bin/sh"))
+    daemonctl.ensure_runtime_dir(other)
+    sock = daemonctl.daemon_paths(4242).socket
+    with FakeDaemon(sock, routes()):  # served by root, the socket chowned to look like the student's
+        os.chown(sock, 4242, 4242)
+        facts = hostchecks.daemon_facts(other)
+    assert not facts.status["running"] and facts.info == {}
+    c = hostchecks.check_daemon(other, facts)
+    assert c.status == "fail" and "served by a process of uid 0, not uid 4242" in c.detail
