@@ -39,7 +39,8 @@ Security rules (this code runs as root against user-controlled files):
 * Pid files are user-writable, so a pid read from them is only ever
   signalled after checking ``/proc/PID`` belongs to that user's uid and has
   the expected command name.  Otherwise a student could make root kill the
-  hub.
+  hub.  The check and the signal go through one pidfd
+  (:func:`_signal_verified`), so a pid recycled in between is never hit.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from . import boundedjson, safefs
 
@@ -718,34 +719,72 @@ def _reap(pids: Iterable[int]) -> None:
             pass
 
 
+def _belongs_to_daemon(pid: int, uid: int, userns: set[str]) -> bool:
+    """*pid* is in the daemon's user namespace, or runs as *uid* with a daemon command name."""
+    ns = _proc_userns(pid)
+    if ns and ns in userns:
+        return True
+    return _proc_uid(pid) == uid and _proc_comm(pid) in DAEMON_COMMS
+
+
 def _daemon_procs(uid: int, userns: set[str]) -> list[int]:
     """Processes that belong to *uid*'s daemon: known command names run by
     the uid, plus anything (also container processes running as subuids) in
     the daemon's user namespace.  User logins (ssh, cron) of the same uid are
     in the initial namespace and not matched, so they survive a stop."""
     me = os.getpid()
-    out = []
-    for p in _all_pids():
-        if p == me or _proc_is_zombie(p):
-            continue
-        ns = _proc_userns(p)
-        if ns and ns in userns:
-            out.append(p)
-            continue
-        if _proc_uid(p) == uid and _proc_comm(p) in DAEMON_COMMS:
-            out.append(p)
-    return out
+    return [p for p in _all_pids() if p != me and not _proc_is_zombie(p) and _belongs_to_daemon(p, uid, userns)]
 
 
-def _signal_all(pids: Iterable[int], sig: int) -> int:
-    n = 0
-    for p in pids:
-        try:
-            os.kill(p, sig)
-            n += 1
-        except ProcessLookupError:
-            pass
-    return n
+def _signal_verified(pid: int, sig: int, check: Callable[[int], bool]) -> bool:
+    """Send *sig* to *pid* only if *check(pid)* holds for the very process signalled.
+
+    ``pidfd_open`` pins the process first; *check* then reads ``/proc/PID``
+    (uid, command name, namespace) while the pidfd holds it; the signal goes
+    through the pidfd, so if that process exited meanwhile (and its pid was
+    handed to another process) it reaches nobody (ESRCH), never the new one.
+    Without pidfds (kernel before 5.3) it falls back to check + ``os.kill``,
+    where a pid reused in between could still be hit: PIDFD_FALLBACK says so.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+            raise
+        return _signal_checked_by_number(pid, sig, check)
+    try:
+        if not check(pid):
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+#: Set once pidfds were found missing; then signals go by number after the check.
+PIDFD_FALLBACK = False
+
+
+def _signal_checked_by_number(pid: int, sig: int, check: Callable[[int], bool]) -> bool:
+    global PIDFD_FALLBACK
+    PIDFD_FALLBACK = True
+    if not check(pid):
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _signal_all(pids: Iterable[int], sig: int, check: Optional[Callable[[int], bool]] = None) -> int:
+    """Signal each pid that (still) passes *check* (default: alive); how many were signalled."""
+    check = check or _alive
+    return sum(_signal_verified(p, sig, check) for p in pids)
 
 
 def _wait_gone(pids: Iterable[int], deadline: float) -> list[int]:
@@ -1050,13 +1089,14 @@ def _stop_locked(pw: pwd.struct_passwd, paths: DaemonPaths, timeout: float) -> b
             if ns and ns != init_ns and ns != _proc_userns(os.getpid()):
                 userns.add(ns)
     stopped = False
+    ours = lambda p: _belongs_to_daemon(p, uid, userns)  # noqa: E731 - re-checked on each pidfd
     # 1. dockerd first, gracefully: it stops containers and unmounts.
     if dockerd:
-        stopped |= _signal_all([dockerd], signal.SIGTERM) > 0
+        stopped |= _signal_all([dockerd], signal.SIGTERM, ours) > 0
         _wait_gone([dockerd], min(deadline, time.monotonic() + max(1.0, timeout * 0.6)))
     # 2. rootlesskit (normally gone already, it exits with its child).
     if rks:
-        stopped |= _signal_all(rks, signal.SIGTERM) > 0
+        stopped |= _signal_all(rks, signal.SIGTERM, ours) > 0
         _wait_gone(rks, min(deadline, time.monotonic() + 3.0))
     # 3. whatever is left of it: TERM, bounded wait, KILL.
     #    The KILL wait is not cut by the caller's timeout: we must not return
@@ -1065,7 +1105,7 @@ def _stop_locked(pw: pwd.struct_passwd, paths: DaemonPaths, timeout: float) -> b
         left = _daemon_procs(uid, userns)
         if not left:
             break
-        stopped |= _signal_all(left, sig) > 0
+        stopped |= _signal_all(left, sig, ours) > 0
         now = time.monotonic()
         _wait_gone(left, now + grace if sig == signal.SIGKILL else max(now + 0.5, min(deadline, now + grace)))
     left = _daemon_procs(uid, userns)

@@ -162,3 +162,62 @@ def test_check_subids_message(pw, monkeypatch):
     monkeypatch.setattr(daemonctl, "_subid_ranges", lambda path, pw: [])
     with pytest.raises(DaemonError, match="usermod --add-subuids"):
         daemonctl.check_subids(pw)
+
+
+# ---------------------------------------------------------------- issue 10 #7: signals go through a pidfd
+
+
+@pytest.fixture
+def child():
+    import subprocess
+
+    p = subprocess.Popen(["sleep", "60"])
+    yield p
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+
+
+@pytest.fixture
+def no_kill_by_number(monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: calls.append((pid, sig)))
+    return calls
+
+
+def test_signal_goes_through_the_pidfd_after_the_check(child, no_kill_by_number):
+    import signal
+
+    assert daemonctl._signal_all([child.pid], signal.SIGTERM, lambda pid: False) == 0
+    assert child.poll() is None  # the check said no: nothing sent
+    assert daemonctl._signal_all([child.pid], signal.SIGTERM, lambda pid: pid == child.pid) == 1
+    assert child.wait(30) == -signal.SIGTERM
+    assert no_kill_by_number == []
+
+
+def test_process_gone_after_the_check_is_not_signalled_by_number(child, no_kill_by_number):
+    """Between the check and the signal the process exits (its pid free for reuse): nobody is hit."""
+    import signal
+
+    def check_then_exit(pid):
+        fd = os.pidfd_open(pid)
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        os.close(fd)
+        child.wait(30)  # reaped: the pid number may now belong to anyone
+        return True
+
+    assert daemonctl._signal_all([child.pid], signal.SIGTERM, check_then_exit) == 0
+    assert no_kill_by_number == []
+
+
+def test_without_pidfd_it_falls_back_to_check_then_kill(child, monkeypatch, no_kill_by_number):
+    import errno
+    import signal
+
+    def no_pidfd(pid):
+        raise OSError(errno.ENOSYS, "pidfd_open not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    monkeypatch.setattr(daemonctl, "PIDFD_FALLBACK", False)
+    assert daemonctl._signal_all([child.pid], signal.SIGTERM, lambda pid: True) == 1
+    assert no_kill_by_number == [(child.pid, signal.SIGTERM)] and daemonctl.PIDFD_FALLBACK
