@@ -64,7 +64,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
-from . import boundedjson, safefs
+from . import boundedjson, commands, safefs
+from .safetext import printable
 
 __all__ = [
     "DaemonError",
@@ -927,7 +928,14 @@ def _child_env(pw: pwd.struct_passwd, paths: DaemonPaths, bins: dict[str, str], 
     return env
 
 
-def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, timeout: float = 60) -> int:
+def start_daemon(
+    pw: pwd.struct_passwd,
+    *,
+    gpu_stub_dir: Optional[str] = None,
+    timeout: float = 60,
+    systemd: Optional[bool] = None,
+    run: commands.Runner = commands.run,
+) -> int:
     """Start *pw*'s rootless dockerd unless it already answers; return its pid.
 
     We run rootlesskit ourselves instead of plain ``dockerd-rootless.sh``
@@ -938,52 +946,26 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
     ``nvidia-container-runtime-hook`` there at start (a real one on GPU
     hosts, an ``exit 0`` stub on a *simulated GPU host*).
 
-    Raises DaemonError with a fix (tun device, subuids, missing packages) or
-    with the last lines of the log when the daemon dies or does not answer
-    within *timeout* seconds (a timed-out start is torn down again).
+    Where systemd is PID 1 (*systemd* None: detected) the daemon is never a
+    child of the caller -- it would live in the caller's cgroup, i.e. the
+    hub's: it is started as a transient unit in the user's own systemd
+    (``systemd-run --user --machine=USER@``, in ``user-UID.slice``), see
+    :func:`systemd_run_cmd`.  Without systemd it is started by hand, in its
+    own session.  *run* runs systemd-run/systemctl (tests record it).
+
+    Raises DaemonError with a fix (tun device, subuids, missing packages,
+    the user's systemd not running) or with the last lines of the log when
+    the daemon dies or does not answer within *timeout* seconds (a timed-out
+    start is torn down again).
     """
     deadline = time.monotonic() + timeout
-    uid, gid = pw.pw_uid, pw.pw_gid
-    paths = daemon_paths(uid)
-    if os.geteuid() not in (0, uid):
-        raise DaemonError(f"starting the daemon of {pw.pw_name} needs root (or to be {pw.pw_name}); run as root.")
-    if uid == 0:
-        raise DaemonError("refusing to start a rootless daemon for root; use a normal user.")
-    if gpu_stub_dir is not None:
-        hook = os.path.join(gpu_stub_dir, "nvidia-container-runtime-hook")
-        if not (os.path.isfile(hook) and os.access(hook, os.X_OK)):
-            raise DaemonError(f"gpu_stub_dir {gpu_stub_dir} has no executable nvidia-container-runtime-hook.")
+    paths = daemon_paths(pw.pw_uid)
+    _check_can_start(pw, gpu_stub_dir)
     ensure_runtime_dir(pw)
     with _Lock(paths, pw, max(1.0, deadline - time.monotonic())):
-        # Idempotence: a daemon that answers is kept as is.
-        pid = _running_dockerd(paths)
-        if pid and ping(paths.socket, uid=uid):
-            if _read_pid_file(paths.pid_file) != pid:
-                _record_pid(paths, pid, uid, gid)
-            return pid
+        pid = _already_running(pw, paths, deadline)
         if pid:
-            # Alive but not (yet) answering: maybe still starting elsewhere.
-            while time.monotonic() < deadline and _alive(pid):
-                if ping(paths.socket, uid=uid):
-                    return pid
-                time.sleep(_POLL)
-            raise DaemonError(
-                f"dockerd of {pw.pw_name} (pid {pid}) is running but does not answer on {paths.socket}; "
-                f"stop it (rootless-gpu-admin stop-daemon {pw.pw_name}) and start again. Log: {paths.log_file}\n"
-                + _log_tail(paths.log_file)
-            )
-        if ping(paths.socket, uid=uid):
-            raise DaemonError(
-                f"something answers on {paths.socket} but no dockerd of uid {uid} runs; "
-                f"find it with: fuser {paths.socket}"
-            )
-        leftovers = _find_procs(uid, ("rootlesskit",))
-        if leftovers:
-            raise DaemonError(
-                f"rootlesskit of {pw.pw_name} still runs (pids {leftovers}) without a dockerd; "
-                f"stop it first (rootless-gpu-admin stop-daemon {pw.pw_name})."
-            )
-
+            return pid
         check_tun(pw)
         check_subids(pw)
         bins = find_binaries()
@@ -991,66 +973,188 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
         # ("pid file found, ensure docker is not running").
         _unlink_in(paths.runtime_dir, [os.path.basename(paths.socket), os.path.basename(paths.pid_file),
                                        os.path.basename(paths.rootlesskit_pid_file)])
-
-        cmd = [
-            bins["rootlesskit"],
-            *ROOTLESSKIT_FLAGS,
-            f"--state-dir={paths.runtime_dir}/dockerd-rootless",
-            bins["dockerd-rootless.sh"],
-        ]
-        if os.geteuid() == 0:
-            setpriv = shutil.which("setpriv", path=":".join(_search_dirs()))
-            if not setpriv:
-                raise DaemonError("setpriv not found (Debian package 'util-linux'); it drops root to the user.")
-            cmd = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--init-groups", *cmd]
         # A killed rootlesskit leaves sockets in its state dir; start clean.
         _rm_stale_state_dir(paths)
+        cmd = [bins["rootlesskit"], *ROOTLESSKIT_FLAGS, f"--state-dir={paths.runtime_dir}/dockerd-rootless",
+               bins["dockerd-rootless.sh"]]
+        env = _child_env(pw, paths, bins, gpu_stub_dir)
+        in_user_manager = systemd_running() if systemd is None else systemd
         logfd, offset = _open_log(paths, pw)
         try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=logfd,
-                stderr=logfd,
-                env=_child_env(pw, paths, bins, gpu_stub_dir),
-                cwd="/",
-                start_new_session=True,
-                close_fds=True,
-            )
+            if in_user_manager:
+                launched = _launch_in_user_manager(pw, paths, cmd, env, run)
+            else:
+                launched = _launch_by_hand(pw, paths, cmd, env, logfd)
         finally:
             os.close(logfd)
-        dfd = os.open(paths.runtime_dir, _O_DIR)
-        try:
-            _write_pid_file(dfd, os.path.basename(paths.rootlesskit_pid_file), proc.pid, uid, gid)
-        finally:
-            os.close(dfd)
+        _wait_first_answer(pw, paths, launched, deadline, timeout, offset)
+        return _dockerd_pid(paths, pw)
 
-        while True:
-            rc = proc.poll()
-            if rc is not None:
-                raise DaemonError(
-                    f"rootless dockerd of {pw.pw_name} exited with code {rc} before answering on {paths.socket}. "
-                    f"Last lines of {paths.log_file}:\n" + _log_tail(paths.log_file, offset)
-                )
-            if os.path.exists(paths.socket) and ping(paths.socket, timeout=1.0, uid=uid):
-                break
-            if time.monotonic() >= deadline:
-                tail = _log_tail(paths.log_file, offset)
-                _stop_locked(pw, paths, 10.0)
-                raise DaemonError(
-                    f"rootless dockerd of {pw.pw_name} did not answer on {paths.socket} within {timeout:.0f}s "
-                    f"(stopped again). Last lines of {paths.log_file}:\n" + tail
-                )
-            time.sleep(_POLL)
 
-        pid = _owned_pid(_read_pid_file(paths.pid_file), uid, ("dockerd",))
-        if not pid:
-            found = _find_procs(uid, ("dockerd",))
-            if not found:
-                raise DaemonError(f"{paths.socket} answers but no dockerd of uid {uid} was found; see {paths.log_file}")
-            pid = min(found)
-            _record_pid(paths, pid, uid, gid)
+def _check_can_start(pw: pwd.struct_passwd, gpu_stub_dir: Optional[str]) -> None:
+    if os.geteuid() not in (0, pw.pw_uid):
+        raise DaemonError(f"starting the daemon of {pw.pw_name} needs root (or to be {pw.pw_name}); run as root.")
+    if pw.pw_uid == 0:
+        raise DaemonError("refusing to start a rootless daemon for root; use a normal user.")
+    if gpu_stub_dir is not None:
+        hook = os.path.join(gpu_stub_dir, "nvidia-container-runtime-hook")
+        if not (os.path.isfile(hook) and os.access(hook, os.X_OK)):
+            raise DaemonError(f"gpu_stub_dir {gpu_stub_dir} has no executable nvidia-container-runtime-hook.")
+
+
+def _already_running(pw: pwd.struct_passwd, paths: DaemonPaths, deadline: float) -> Optional[int]:
+    """Idempotence: the pid of a daemon that answers (kept as is), None when none runs; else DaemonError."""
+    uid = pw.pw_uid
+    pid = _running_dockerd(paths)
+    if pid and ping(paths.socket, uid=uid):
+        if _read_pid_file(paths.pid_file) != pid:
+            _record_pid(paths, pid, uid, pw.pw_gid)
         return pid
+    if pid:
+        # Alive but not (yet) answering: maybe still starting elsewhere.
+        while time.monotonic() < deadline and _alive(pid):
+            if ping(paths.socket, uid=uid):
+                return pid
+            time.sleep(_POLL)
+        raise DaemonError(
+            f"dockerd of {pw.pw_name} (pid {pid}) is running but does not answer on {paths.socket}; "
+            f"stop it (rootless-gpu-admin stop-daemon {pw.pw_name}) and start again. Log: {paths.log_file}\n"
+            + _log_tail(paths.log_file)
+        )
+    if ping(paths.socket, uid=uid):
+        raise DaemonError(
+            f"something answers on {paths.socket} but no dockerd of uid {uid} runs; "
+            f"find it with: fuser {paths.socket}"
+        )
+    leftovers = _find_procs(uid, ("rootlesskit",))
+    if leftovers:
+        raise DaemonError(
+            f"rootlesskit of {pw.pw_name} still runs (pids {leftovers}) without a dockerd; "
+            f"stop it first (rootless-gpu-admin stop-daemon {pw.pw_name})."
+        )
+    return None
+
+
+class _HandStarted:
+    """A daemon we started ourselves (no systemd): our child, in its own session."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def ended(self) -> Optional[str]:
+        rc = self.proc.poll()
+        return None if rc is None else f"exited with code {rc}"
+
+
+def _launch_by_hand(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict, logfd: int) -> _HandStarted:
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv", path=":".join(_search_dirs()))
+        if not setpriv:
+            raise DaemonError("setpriv not found (Debian package 'util-linux'); it drops root to the user.")
+        cmd = [setpriv, f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", *cmd]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, env=env, cwd="/",
+                            start_new_session=True, close_fds=True)
+    dfd = os.open(paths.runtime_dir, _O_DIR)
+    try:
+        _write_pid_file(dfd, os.path.basename(paths.rootlesskit_pid_file), proc.pid, pw.pw_uid, pw.pw_gid)
+    finally:
+        os.close(dfd)
+    return _HandStarted(proc)
+
+
+#: The transient unit, in the user's own systemd, that runs a daemon we start.
+DAEMON_UNIT = "rootless-gpu-docker.service"
+SYSTEMD_MARKER = "/run/systemd/system"
+
+
+def systemd_running(marker: Optional[str] = None) -> bool:
+    """systemd is PID 1 (its own test: sd_booted() checks this directory)."""
+    return os.path.isdir(marker or SYSTEMD_MARKER)
+
+
+def systemctl_user_cmd(pw: pwd.struct_passwd, *args: str) -> list[str]:
+    """``systemctl --user`` in *pw*'s user manager (needs systemd >= 248)."""
+    return ["systemctl", "--user", f"--machine={pw.pw_name}@", "--no-pager", *args]
+
+
+def systemd_run_cmd(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict) -> list[str]:
+    """systemd-run for *cmd* as a transient unit in *pw*'s own systemd (user-UID.slice).
+
+    Why the user's manager (``--user --machine=USER@``) rather than a system
+    unit (``--uid=UID --slice=user-UID.slice``): everything about the unit
+    happens as the student -- the user manager opens the log file in
+    /run/user/UID, so PID 1 never opens a student-controlled path as root --
+    it sits in user@UID.service under user-UID.slice with the cgroup
+    delegation a rootless daemon expects, and it is the same manager that
+    runs the unit-file daemon.  It needs that manager running (linger),
+    which bootstrap sets up on systemd hosts; otherwise start refuses.
+    """
+    systemd_run = find_binary("systemd-run") or "systemd-run"
+    return [
+        systemd_run, "--user", f"--machine={pw.pw_name}@", f"--unit={DAEMON_UNIT}", "--collect", "--quiet",
+        "--property=Type=exec", f"--property=StandardOutput=append:{paths.log_file}",
+        f"--property=StandardError=append:{paths.log_file}", "--working-directory=/",
+        *(f"--setenv={k}={v}" for k, v in env.items()), "--", *cmd,
+    ]
+
+
+class _UnitStarted:
+    """A daemon running as DAEMON_UNIT in the user's systemd; asks it (at most once a second) whether it ended."""
+
+    def __init__(self, pw: pwd.struct_passwd, run: commands.Runner):
+        self.pw, self.run, self.next_check = pw, run, 0.0
+
+    def ended(self) -> Optional[str]:
+        if time.monotonic() < self.next_check:
+            return None
+        self.next_check = time.monotonic() + 1.0
+        p = self.run(systemctl_user_cmd(self.pw, "is-active", DAEMON_UNIT), timeout=10)
+        state = (p.stdout or "").strip()
+        return None if state in ("active", "activating", "reloading") else f"ended (its unit {DAEMON_UNIT} is {printable(state, 40)})"
+
+
+def _launch_in_user_manager(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict, run: commands.Runner) -> _UnitStarted:
+    p = run(systemd_run_cmd(pw, paths, cmd, env), timeout=60)
+    if p.returncode != 0:
+        why = printable(((p.stderr or "") + (p.stdout or "")).strip()[-300:], 300)
+        raise DaemonError(
+            f"systemd-run could not start {pw.pw_name}'s daemon in their own systemd (user-{pw.pw_uid}.slice): {why}. "
+            f"Their user manager must run: loginctl enable-linger {pw.pw_name} "
+            f"(or: rootless-gpu-admin bootstrap --user {pw.pw_name}), then start again."
+        )
+    return _UnitStarted(pw, run)
+
+
+def _wait_first_answer(pw, paths: DaemonPaths, launched, deadline: float, timeout: float, offset: int) -> None:
+    """Until the socket answers; DaemonError with the log tail when the daemon ends or *deadline* passes."""
+    while True:
+        ended = launched.ended()
+        if ended is not None:
+            raise DaemonError(
+                f"rootless dockerd of {pw.pw_name} {ended} before answering on {paths.socket}. "
+                f"Last lines of {paths.log_file}:\n" + _log_tail(paths.log_file, offset)
+            )
+        if os.path.exists(paths.socket) and ping(paths.socket, timeout=1.0, uid=pw.pw_uid):
+            return
+        if time.monotonic() >= deadline:
+            tail = _log_tail(paths.log_file, offset)
+            _stop_locked(pw, paths, 10.0)
+            raise DaemonError(
+                f"rootless dockerd of {pw.pw_name} did not answer on {paths.socket} within {timeout:.0f}s "
+                f"(stopped again). Last lines of {paths.log_file}:\n" + tail
+            )
+        time.sleep(_POLL)
+
+
+def _dockerd_pid(paths: DaemonPaths, pw: pwd.struct_passwd) -> int:
+    pid = _owned_pid(_read_pid_file(paths.pid_file), pw.pw_uid, ("dockerd",))
+    if not pid:
+        found = _find_procs(pw.pw_uid, ("dockerd",))
+        if not found:
+            raise DaemonError(f"{paths.socket} answers but no dockerd of uid {pw.pw_uid} was found; see {paths.log_file}")
+        pid = min(found)
+        _record_pid(paths, pid, pw.pw_uid, pw.pw_gid)
+    return pid
 
 
 def _rm_stale_state_dir(paths: DaemonPaths) -> None:

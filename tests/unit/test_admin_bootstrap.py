@@ -289,7 +289,7 @@ def test_run_keeps_only_the_tail_of_the_output():
     import sys
 
     p = service._run([sys.executable, "-c", "import sys; sys.stdout.write('x' * 300000 + 'END')"])
-    assert len(p.stdout) == service.OUTPUT_LIMIT and p.stdout.endswith("END")
+    assert len(p.stdout) == service.commands.OUTPUT_LIMIT and p.stdout.endswith("END")
 
 
 def test_setuptool_runs_in_its_own_session_with_the_users_env(pw, paths, monkeypatch):
