@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
 from . import boundedjson, commands, safefs
-from .safetext import printable
+from .safetext import printable, printable_lines
 
 __all__ = [
     "DaemonError",
@@ -803,7 +803,13 @@ def _wait_gone(pids: Iterable[int], deadline: float) -> list[int]:
 # --------------------------------------------------------------------------
 
 
-def _log_tail(path: str, start: int = 0, lines: int = 20) -> str:
+#: How much of the end of a log is read, and the mark before each log line shown.
+LOG_TAIL_BYTES = 64 * 1024
+LOG_LINE_MARK = "  | "
+
+
+def _log_lines(path: str, start: int = 0, lines: int = 20) -> list[str]:
+    """The last *lines* lines of a student-writable log, each made printable (safetext)."""
     try:
         d, name = os.path.split(path)
         dfd = os.open(d, _O_DIR)
@@ -813,11 +819,18 @@ def _log_tail(path: str, start: int = 0, lines: int = 20) -> str:
             os.close(dfd)
         with os.fdopen(fd, "rb") as f:
             size = f.seek(0, os.SEEK_END)
-            f.seek(max(start, size - 64 * 1024))
-            text = f.read().decode("utf-8", errors="replace")
+            f.seek(max(start, size - LOG_TAIL_BYTES))
+            data = f.read(LOG_TAIL_BYTES)
+    except FileNotFoundError:
+        return []
     except (OSError, safefs.UnsafePathError) as e:
-        return f"(cannot read {path}: {e})"
-    return "\n".join(text.splitlines()[-lines:])
+        return [f"(cannot read {path}: {printable(e)})"]
+    return printable_lines(data, limit_lines=lines)
+
+
+def _log_tail(path: str, start: int = 0, lines: int = 20) -> str:
+    """The log's last lines for a message: printable, each marked so it cannot pass for a line of ours."""
+    return "\n".join(LOG_LINE_MARK + line for line in _log_lines(path, start, lines)) or LOG_LINE_MARK + "(empty)"
 
 
 @_safe
@@ -1254,65 +1267,64 @@ def daemon_status(pw: pwd.struct_passwd, timeout: float = 5.0) -> dict:
     docker_host, socket_exists, socket_uid, rootless (the daemon says
     ``name=rootless`` in SecurityOptions: proves it is *not* the rootful
     daemon), server_version, api_version, cgroup_driver, log_file, error
-    (None or a sentence).  Never raises for daemon problems.
+    (None or a sentence), log_tail (when not running: the last lines of the
+    log, each made printable).  Strings that come from the daemon are made
+    printable and bounded.  Never raises for daemon problems.
     """
     paths = daemon_paths(pw.pw_uid)
     st: dict = {
-        "user": pw.pw_name,
-        "uid": pw.pw_uid,
-        "running": False,
-        "pid": None,
-        "rootlesskit_pid": None,
-        "socket": paths.socket,
-        "docker_host": paths.docker_host,
-        "socket_exists": False,
-        "socket_uid": None,
-        "rootless": None,
-        "server_version": None,
-        "api_version": None,
-        "cgroup_driver": None,
-        "log_file": paths.log_file,
-        "error": None,
+        "user": pw.pw_name, "uid": pw.pw_uid, "running": False, "pid": None, "rootlesskit_pid": None,
+        "socket": paths.socket, "docker_host": paths.docker_host, "socket_exists": False, "socket_uid": None,
+        "rootless": None, "server_version": None, "api_version": None, "cgroup_driver": None,
+        "log_file": paths.log_file, "error": None, "log_tail": [],
     }
     st["pid"] = _running_dockerd(paths)
     st["rootlesskit_pid"] = _owned_pid(_read_pid_file(paths.rootlesskit_pid_file), pw.pw_uid, ("rootlesskit",))
+    st["error"] = _socket_problem(pw, paths, st) or _ask_daemon(pw, paths, st, timeout)
+    if not st["running"]:
+        st["log_tail"] = _log_lines(paths.log_file, lines=STATUS_LOG_LINES)
+    return st
+
+
+#: Log lines daemon_status (and so doctor and status) shows for a daemon that is not running.
+STATUS_LOG_LINES = 5
+
+
+def _socket_problem(pw: pwd.struct_passwd, paths: DaemonPaths, st: dict) -> Optional[str]:
+    """Why the socket cannot be the user's daemon (None: it may be); fills socket_exists/socket_uid."""
     try:
         s = os.lstat(paths.socket)
-        st["socket_exists"] = stat.S_ISSOCK(s.st_mode)
-        st["socket_uid"] = s.st_uid
     except FileNotFoundError:
-        st["error"] = f"no socket {paths.socket}: the daemon of {pw.pw_name} is not started (rootless-gpu-admin start-daemon {pw.pw_name})"
-        return st
+        return f"no socket {paths.socket}: the daemon of {pw.pw_name} is not started (rootless-gpu-admin start-daemon {pw.pw_name})"
     except OSError as e:
-        st["error"] = f"cannot stat {paths.socket}: {e}"
-        return st
+        return f"cannot stat {paths.socket}: {e}"
+    st["socket_exists"], st["socket_uid"] = stat.S_ISSOCK(s.st_mode), s.st_uid
     if not st["socket_exists"]:
-        st["error"] = f"{paths.socket} is not a socket"
-        return st
-    if st["socket_uid"] != pw.pw_uid:
-        st["error"] = f"{paths.socket} is owned by uid {st['socket_uid']}, not {pw.pw_uid}; refusing to trust it"
-        return st
+        return f"{paths.socket} is not a socket"
+    if s.st_uid != pw.pw_uid:
+        return f"{paths.socket} is owned by uid {s.st_uid}, not {pw.pw_uid}; refusing to trust it"
+    return None
+
+
+def _ask_daemon(pw: pwd.struct_passwd, paths: DaemonPaths, st: dict, timeout: float) -> Optional[str]:
+    """Ping, /info and /version (bounded, peer uid checked); fills the daemon's facts, returns the problem."""
     try:
         st["running"] = ping(paths.socket, timeout=min(timeout, 2.0), uid=pw.pw_uid)
     except PeerMismatch as e:
-        st["error"] = str(e)
-        return st
+        return str(e)
     if not st["running"]:
-        st["error"] = f"{paths.socket} exists but does not answer /_ping (stale? restart the daemon). Log: {paths.log_file}"
-        return st
+        return f"{paths.socket} exists but does not answer /_ping (stale? restart the daemon). Log: {paths.log_file}"
     try:
         info, ver = (_api_object(paths.socket, p, timeout, pw.pw_uid) for p in ("/info", "/version"))
     except (OSError, http.client.HTTPException, PeerMismatch) as e:
-        st["error"] = f"/info or /version failed: {e}"
-        return st
+        return f"/info or /version failed: {printable(e)}"
     except boundedjson.UntrustedJSONError as e:
-        st["error"] = f"the daemon on {paths.socket} answered /info or /version with a document that is {e}; restart it"
-        return st
-    sec = info.get("SecurityOptions") or []
+        return f"the daemon on {paths.socket} answered /info or /version with a document that is {e}; restart it"
     st["rootless"] = is_rootless(info)
-    st["server_version"] = ver.get("Version") or info.get("ServerVersion")
-    st["api_version"] = ver.get("ApiVersion")
-    st["cgroup_driver"] = info.get("CgroupDriver")
+    for key, value in (("server_version", ver.get("Version") or info.get("ServerVersion")),
+                       ("api_version", ver.get("ApiVersion")), ("cgroup_driver", info.get("CgroupDriver"))):
+        st[key] = None if value is None else printable(value, 100)
     if not st["rootless"]:
-        st["error"] = f"the daemon on {paths.socket} is NOT rootless (SecurityOptions {sec}); do not use it"
-    return st
+        sec = printable(info.get("SecurityOptions"), 300)
+        return f"the daemon on {paths.socket} is NOT rootless (SecurityOptions {sec}); do not use it"
+    return None

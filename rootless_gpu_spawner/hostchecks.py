@@ -537,10 +537,16 @@ def check_daemon(pw: pwd.struct_passwd, facts: DaemonFacts) -> Check:
                       f"stop whatever serves {st['socket']} (fuser {st['socket']}), then: {start}", pw.pw_name)
     if st.get("pid") and not st.get("running"):
         gone = "" if st.get("socket_exists") else " (the socket is gone: was the runtime dir removed?)"
-        return failed(name, f"dockerd (pid {st['pid']}) runs but does not answer on {st['socket']}{gone}",
+        return failed(name, f"dockerd (pid {st['pid']}) runs but does not answer on {st['socket']}{gone}" + _last_log_lines(st),
                       f"{ADMIN} stop-daemon {pw.pw_name} && {start}  (log: {st['log_file']})", pw.pw_name)
-    return failed(name, st.get("error") or f"not running: no answer on {st['socket']}",
+    return failed(name, (st.get("error") or f"not running: no answer on {st['socket']}") + _last_log_lines(st),
                   f"{start}  (or: {ADMIN} bootstrap --user {pw.pw_name}; log: {st['log_file']})", pw.pw_name)
+
+
+def _last_log_lines(st: dict) -> str:
+    """The last log lines daemon_status read (already printable), marked as the log's."""
+    tail = st.get("log_tail") or []
+    return "".join(f"\n{daemonctl.LOG_LINE_MARK}{line}" for line in tail)
 
 
 def _norm_urls(urls) -> list[str]:

@@ -146,3 +146,63 @@ def test_a_socket_served_by_another_uid_is_a_failed_check_naming_it(tmp_path, ru
     assert not facts.status["running"] and facts.info == {}
     c = hostchecks.check_daemon(other, facts)
     assert c.status == "fail" and "served by a process of uid 0, not uid 4242" in c.detail
+
+
+# ---------------------------------------------------------------- #5 nothing a student wrote reaches the terminal raw
+
+FORGED_LOG = "level=info msg=starting\n\x1b[2J\x1b[31mfatal\x1b[0m\r\nOK forged\n"
+
+
+def as_root_account():
+    return pwd.getpwuid(0)  # a real account for the CLI; its runtime dir is redirected by runtime_dir
+
+
+def assert_escaped(out: str):
+    assert "\x1b" not in out and "\r" not in out
+    assert "\\x1b[2J" in out
+    for line in out.splitlines():
+        assert not line.startswith("OK forged"), line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="status/doctor for root's account")
+def test_status_and_doctor_show_a_forged_log_escaped(runtime_dir, capsys):
+    from rootless_gpu_spawner import admin
+
+    root = as_root_account()
+    daemonctl.ensure_runtime_dir(root)
+    with open(daemonctl.daemon_paths(0).log_file, "w") as f:
+        f.write(FORGED_LOG)
+    assert admin.main(["status", "root"]) == 1
+    out = capsys.readouterr().out
+    assert_escaped(out)
+    assert f"{daemonctl.LOG_LINE_MARK}OK forged" in out  # shown, but marked as the log's line
+    admin.main(["doctor", "--user", "root"])
+    out = capsys.readouterr().out
+    assert_escaped(out)
+    (line,) = [l for l in out.splitlines() if "OK forged" in l]
+    assert line.startswith(" ") and daemonctl.LOG_LINE_MARK.strip() in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="status for root's account")
+def test_status_shows_daemon_strings_escaped(runtime_dir, capsys):
+    from rootless_gpu_spawner import admin
+
+    root = as_root_account()
+    daemonctl.ensure_runtime_dir(root)
+    version = json.dumps({"Version": "20.10\x1b[2J\nOK forged", "ApiVersion": "1.41"}).encode()
+    with FakeDaemon(daemonctl.daemon_paths(0).socket, routes(version=version)):
+        assert admin.main(["status", "root"]) == 0
+        out = capsys.readouterr().out
+        st = daemonctl.daemon_status(root)
+    assert_escaped(out)
+    assert "docker 20.10\\x1b[2J\\x0aOK forged" in out
+    assert st["server_version"] == "20.10\\x1b[2J\\x0aOK forged"
+
+
+def test_log_tail_in_an_error_is_printable_and_marked(tmp_path):
+    log = tmp_path / "d.log"
+    log.write_text(FORGED_LOG + "x" * 200_000)
+    tail = daemonctl._log_tail(str(log), lines=5)
+    assert "\x1b" not in tail and "\r" not in tail
+    assert all(line.startswith(daemonctl.LOG_LINE_MARK) for line in tail.split("\n"))
+    assert len(tail) < 2000  # a 200 kB line is cut
