@@ -1076,7 +1076,7 @@ def _launch_by_hand(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], e
 
 
 #: The transient unit, in the user's own systemd, that runs a daemon we start.
-DAEMON_UNIT = "rootless-gpu-docker.service"
+DAEMON_UNIT = "rgs-dockerd.service"
 SYSTEMD_MARKER = "/run/systemd/system"
 
 

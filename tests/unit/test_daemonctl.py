@@ -273,13 +273,13 @@ def no_popen(monkeypatch):
 
 def test_on_systemd_the_daemon_is_a_unit_in_the_users_slice(student, no_popen):
     rec = SystemdRecorder(state="failed")
-    with pytest.raises(DaemonError, match=r"ended \(its unit rootless-gpu-docker.service is failed\)"):
+    with pytest.raises(DaemonError, match=r"ended \(its unit rgs-dockerd.service is failed\)"):
         daemonctl.start_daemon(student, systemd=True, run=rec, timeout=30)
     paths = daemonctl.daemon_paths(4242)
     run_cmd = rec.calls[0]
     sep = run_cmd.index("--")
     assert os.path.basename(run_cmd[0]) == "systemd-run"
-    assert run_cmd[1:sep][:7] == ["--user", "--machine=rgs-fake@", "--unit=rootless-gpu-docker.service", "--collect",
+    assert run_cmd[1:sep][:7] == ["--user", "--machine=rgs-fake@", "--unit=rgs-dockerd.service", "--collect",
                                   "--quiet", "--property=Type=exec", f"--property=StandardOutput=append:{paths.log_file}"]
     assert f"--setenv=XDG_RUNTIME_DIR={paths.runtime_dir}" in run_cmd and "--setenv=_DOCKERD_ROOTLESS_CHILD=1" in run_cmd
     assert run_cmd[sep + 1:] == [BINS["rootlesskit"], *daemonctl.ROOTLESSKIT_FLAGS,
