@@ -747,6 +747,8 @@ def _signal_verified(pid: int, sig: int, check: Callable[[int], bool]) -> bool:
     Without pidfds (kernel before 5.3) it falls back to check + ``os.kill``,
     where a pid reused in between could still be hit: PIDFD_FALLBACK says so.
     """
+    if not hasattr(os, "pidfd_open"):
+        return _signal_checked_by_number(pid, sig, check)
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
