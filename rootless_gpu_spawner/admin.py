@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-start", action="store_true", help=argparse.SUPPRESS)  # tests: a user without a daemon
     p.set_defaults(func=cmd_bootstrap)
 
-    p = sub.add_parser("start-daemon", help="start a user's rootless dockerd (their systemd: docker.service or a transient unit; by hand without systemd)")
+    p = sub.add_parser("start-daemon", help="start a user's rootless dockerd (in their systemd: docker.service "
+                                            "or a transient unit; by hand without systemd)")
     p.add_argument("name")
     p.add_argument("--gpu-stub-dir", help=argparse.SUPPRESS)  # tests: a simulated GPU host
     p.add_argument("--timeout", type=float, default=60)

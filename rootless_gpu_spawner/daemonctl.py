@@ -1125,10 +1125,14 @@ class _UnitStarted:
         self.next_check = time.monotonic() + 1.0
         p = self.run(systemctl_user_cmd(self.pw, "is-active", DAEMON_UNIT), timeout=10)
         state = (p.stdout or "").strip()
-        return None if state in ("active", "activating", "reloading") else f"ended (its unit {DAEMON_UNIT} is {printable(state, 40)})"
+        if state in ("active", "activating", "reloading"):
+            return None
+        return f"ended (its unit {DAEMON_UNIT} is {printable(state, 40)})"
 
 
-def _launch_in_user_manager(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict, run: commands.Runner) -> _UnitStarted:
+def _launch_in_user_manager(
+    pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict, run: commands.Runner
+) -> _UnitStarted:
     p = run(systemd_run_cmd(pw, paths, cmd, env), timeout=60)
     if p.returncode != 0:
         why = printable(((p.stderr or "") + (p.stdout or "")).strip()[-300:], 300)

@@ -28,7 +28,7 @@ import os
 import pwd
 import subprocess
 import time
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 from . import commands, daemonctl
 from .accounts import SYSTEM_USERNAME
