@@ -20,8 +20,8 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from rootless_gpu_spawner import daemonctl
-from rootless_gpu_spawner.workspace import ensure_workspace
+from rootless_gpu_spawner.host import daemonctl
+from rootless_gpu_spawner.host.workspace import ensure_workspace
 from tests import testbed
 
 PREFIX = "rgsbench-"

@@ -44,7 +44,7 @@ import docker
 import requests
 from docker.errors import APIError, NotFound
 
-from rootless_gpu_spawner import daemonctl
+from rootless_gpu_spawner.host import daemonctl
 from tests import testbed
 from tests.integration.hub import Hub
 

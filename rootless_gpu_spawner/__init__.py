@@ -1,6 +1,7 @@
 """JupyterHub spawner: each student's JupyterLab on their own rootless Docker daemon, with GPUs."""
 
-from .spawner import RootlessGPUSpawner, SpawnRefused
+from .errors import SpawnRefused
+from .spawner import RootlessGPUSpawner
 
 __all__ = ["RootlessGPUSpawner", "SpawnRefused"]
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@
 A student's daemon may answer anything: wrong types, missing keys, huge
 numbers, strings with escape sequences.  The hub reads daemon answers only
 through these functions; each returns plain checked values or raises
-:class:`~rootless_gpu_spawner.daemon_errors.UnusableAnswer` saying what was
+:class:`~rootless_gpu_spawner.errors.UnusableAnswer` saying what was
 wrong.  None of their results is ever used as a host path, a pattern, or a
 port to route to (the published port is *compared* with the hub's own choice).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .daemon_errors import UnusableAnswer
+from .errors import UnusableAnswer
 
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 MAX_COMMAND_ITEMS = 256

@@ -10,22 +10,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dockerspawner import DockerSpawner
 from docker.errors import APIError
 from docker.types import HostConfig
-from tornado import web
 from traitlets import (
     Any, Bool, CaselessStrEnum, Callable, Dict, Float, Int, List, Unicode, Union, default, validate,
 )
 
 from . import answers
-from . import daemon as daemons
+from .hub import daemon as daemons
 from .accounts import Account, AccountError, lookup_account, system_username
-from .container import (
+from .hub.container import (
     build_container_request, check_container_port, is_port_clash, pick_host_port, rewrite_hub_urls,
     server_args,
 )
-from .daemon import BadAnswer, DaemonError, DaemonNotRunning, LyingAnswer, render_docker_host, socket_target
-from . import gpu_alloc
-from .gpu_alloc import GPURequestError, InventoryUnknown, NoFreeGPU
-from .gpus import (
+from .hub.daemon import BadAnswer, DaemonError, DaemonNotRunning, LyingAnswer, render_docker_host, socket_target
+from .hub import gpu_alloc
+from .hub.gpu_alloc import GPURequestError, InventoryUnknown, NoFreeGPU
+from .hub.gpus import (
     InvalidGPURequest,
     detect_device_mode,
     device_requests,
@@ -33,15 +32,16 @@ from .gpus import (
     is_gpu_driver_error,
     normalize_gpus,
 )
-from .options_form import FormChoices, needs_form, parse_form, render_form
-from .user_options import GPUPolicy, student_gpu_limit, validate_user_options
-from .admission import start_slot
-from .images import InvalidImageReference, normalize_mirror_prefix, parse_image_reference
-from . import mirrors
-from .progress import ProgressFeed, pull_message
-from .pulls import ImageError, ensure_image
+from .hub.options_form import FormChoices, needs_form, parse_form, render_form
+from .hub.user_options import GPUPolicy, student_gpu_limit, validate_user_options
+from .hub.admission import start_slot
+from .hub.images import InvalidImageReference, normalize_mirror_prefix, parse_image_reference
+from .hub import mirrors
+from .hub.progress import ProgressFeed, pull_message
+from .hub.pulls import ImageError, ensure_image
+from .errors import SpawnRefused
 from .safetext import printable
-from .workspace import WorkspaceError, ensure_workspace
+from .host.workspace import WorkspaceError, ensure_workspace
 
 LABEL_PREFIX = "org.rootless-gpu-spawner"
 PORT_ATTEMPTS = 5  # container create+start tries when the host port is taken meanwhile
@@ -51,26 +51,6 @@ _daemon_starts = ThreadPoolExecutor(4, thread_name_prefix="rgs-daemon-start")
 _starting: dict[str, asyncio.Future] = {}  # account -> the one start in flight
 # system account -> hub users with a server on it (see allow_shared_accounts)
 _account_users: dict[str, set] = {}
-
-
-class SpawnRefused(web.HTTPError):
-    """A spawn that must not go ahead, with a message for the student or admin.
-
-    ``jupyterhub_message`` is what JupyterHub shows on the spawn page and in
-    REST API errors instead of a generic "Internal Server Error".
-    """
-
-    def __init__(self, status_code: int, message: str, cause: Exception | None = None):
-        super().__init__(status_code, message.replace("%", "%%"))
-        self.jupyterhub_message = message
-        self.cause = cause  # the typed error behind it (e.g. a DaemonError), for callers to branch on
-
-    @classmethod
-    def from_daemon(cls, error: DaemonError) -> "SpawnRefused":
-        return cls(error.status, str(error), cause=error)
-
-    def __str__(self):
-        return self.jupyterhub_message
 
 
 def _bad_config(trait: str, message: str) -> ValueError:
@@ -620,7 +600,8 @@ class RootlessGPUSpawner(DockerSpawner):
         self.log.info("rootless Docker for %s started (pid %s)", account.name, pid)
 
     def _start_daemon_blocking(self, name: str):
-        from . import daemonctl, service
+        from .host import daemonctl
+        from .host import service
 
         try:
             # The same code as `rootless-gpu-admin start-daemon` (systemd user unit or by hand).

@@ -35,7 +35,7 @@ import urllib3.connection
 import urllib3.connectionpool
 from docker.transport.basehttpadapter import BaseHTTPAdapter
 
-from .daemon_errors import (
+from .errors import (
     owner_name,
     AnswerTooLarge,
     DaemonNotRunning,

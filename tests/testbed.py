@@ -42,8 +42,9 @@ import time
 import urllib.parse
 from typing import Optional
 
-from rootless_gpu_spawner import daemonctl, hostchecks
-from rootless_gpu_spawner.daemonctl import DaemonError
+from rootless_gpu_spawner.host import daemonctl
+from rootless_gpu_spawner.admin import checks as hostchecks
+from rootless_gpu_spawner.host.daemonctl import DaemonError
 
 STATE_DIR = "/var/lib/rootless-gpu-spawner-testbed"
 RUN_DIR = "/run/rootless-gpu-spawner-testbed"

@@ -32,7 +32,9 @@ import time
 
 import pytest
 
-from rootless_gpu_spawner import admin, daemonctl, hostchecks
+from rootless_gpu_spawner import admin
+from rootless_gpu_spawner.host import daemonctl
+from rootless_gpu_spawner.admin import checks as hostchecks
 
 from ..testbed import IMPORT_CHANGES
 from .hub import Hub

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import docker
 import pytest
 
-from rootless_gpu_spawner import daemonctl
+from rootless_gpu_spawner.host import daemonctl
 
 from .conftest import base_spawner_config, containers_of
 from .test_spawn import ALICE, BOB, container_env, spawn_message

@@ -17,7 +17,7 @@ def pw(tmp_path):
 @pytest.fixture
 def runtime_dir(tmp_path, monkeypatch):
     """daemonctl.daemon_paths(uid) redirected into a temp dir: /run/user/UID is never touched."""
-    from rootless_gpu_spawner import daemonctl
+    from rootless_gpu_spawner.host import daemonctl
 
     rd = tmp_path / "run-user"
     real = daemonctl.daemon_paths

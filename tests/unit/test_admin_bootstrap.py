@@ -14,9 +14,10 @@ import subprocess
 
 import pytest
 
-from rootless_gpu_spawner import bootstrap, service
-from rootless_gpu_spawner.bootstrap import Bootstrapper, BootstrapError
-from rootless_gpu_spawner.hostchecks import HostPaths
+from rootless_gpu_spawner.admin import bootstrap
+from rootless_gpu_spawner.host import service
+from rootless_gpu_spawner.admin.bootstrap import Bootstrapper, BootstrapError
+from rootless_gpu_spawner.admin.checks import HostPaths
 
 from test_admin_nvidiaconf import STOCK  # tests/unit is on sys.path (no package)
 

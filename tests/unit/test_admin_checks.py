@@ -7,8 +7,9 @@ import stat
 
 import pytest
 
-from rootless_gpu_spawner import hostchecks, nvidiaconf
-from rootless_gpu_spawner.hostchecks import DaemonFacts, HostPaths
+from rootless_gpu_spawner.admin import checks as hostchecks
+from rootless_gpu_spawner.host import nvidiaconf
+from rootless_gpu_spawner.admin.checks import DaemonFacts, HostPaths
 
 from test_admin_nvidiaconf import STOCK  # tests/unit is on sys.path (no package)
 

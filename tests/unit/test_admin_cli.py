@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from rootless_gpu_spawner import admin, hostchecks
+from rootless_gpu_spawner import admin
+from rootless_gpu_spawner.admin import checks as hostchecks
 
 from test_admin_nvidiaconf import STOCK  # tests/unit is on sys.path (no package)
 

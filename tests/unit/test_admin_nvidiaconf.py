@@ -4,8 +4,8 @@ import tomllib
 
 import pytest
 
-from rootless_gpu_spawner import nvidiaconf
-from rootless_gpu_spawner.nvidiaconf import NvidiaConfigError, read_no_cgroups, set_no_cgroups
+from rootless_gpu_spawner.host import nvidiaconf
+from rootless_gpu_spawner.host.nvidiaconf import NvidiaConfigError, read_no_cgroups, set_no_cgroups
 
 # The file as nvidia-container-toolkit 1.14 installs it (abridged only in the last tables).
 STOCK = """\

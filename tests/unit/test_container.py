@@ -2,13 +2,13 @@
 
 import pytest
 
-from rootless_gpu_spawner.container import (
+from rootless_gpu_spawner.hub.container import (
     build_container_request,
     check_container_port,
     rewrite_hub_urls,
     server_args,
 )
-from rootless_gpu_spawner.gpus import device_requests
+from rootless_gpu_spawner.hub.gpus import device_requests
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ def test_request_with_chosen_host_port():
 def test_pick_host_port_is_free_and_not_repeated():
     import socket
 
-    from rootless_gpu_spawner import container
+    from rootless_gpu_spawner.hub import container
 
     picked = {container.pick_host_port("127.0.0.1", now=1000.0) for _ in range(20)}
     assert len(picked) == 20  # never the same port twice within the reuse window
@@ -118,7 +118,7 @@ def test_pick_host_port_is_free_and_not_repeated():
 
 
 def test_port_clash_messages():
-    from rootless_gpu_spawner.container import is_port_clash
+    from rootless_gpu_spawner.hub.container import is_port_clash
 
     assert is_port_clash("driver failed programming external connectivity on endpoint x: "
                          "listen tcp4 127.0.0.1:32777: bind: address already in use")

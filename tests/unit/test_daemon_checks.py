@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from rootless_gpu_spawner.answers import is_rootless
-from rootless_gpu_spawner.daemon import (
+from rootless_gpu_spawner.hub.daemon import (
     DaemonNotRunning,
     PeerMismatch,
     UnsafeSocket,

@@ -1,4 +1,4 @@
-"""Unit tests for the pure, file-level parts of rootless_gpu_spawner.daemonctl.
+"""Unit tests for the pure, file-level parts of rootless_gpu_spawner.host.daemonctl.
 
 They use a fake passwd entry for the current uid whose home is a tmp dir, so
 they run as root or as a normal user, without any daemon.
@@ -11,8 +11,8 @@ import stat
 
 import pytest
 
-from rootless_gpu_spawner import daemonctl
-from rootless_gpu_spawner.daemonctl import DaemonError
+from rootless_gpu_spawner.host import daemonctl
+from rootless_gpu_spawner.host.daemonctl import DaemonError
 
 
 @pytest.fixture
@@ -297,7 +297,7 @@ def test_on_systemd_without_the_users_manager_start_refuses_with_the_fix(student
 
 def test_a_deleted_unit_file_does_not_bring_the_daemon_into_the_hubs_cgroup(student, no_popen, tmp_path, monkeypatch):
     """start_daemon_for on a systemd host, the student's docker.service removed: still systemd-run."""
-    from rootless_gpu_spawner import service
+    from rootless_gpu_spawner.host import service
 
     marker = tmp_path / "run-systemd-system"
     marker.mkdir()

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from rootless_gpu_spawner.gpu_alloc import GPUAllocator, GPUInfo, GPURequestError, NoFreeGPU
+from rootless_gpu_spawner.hub.gpu_alloc import GPUAllocator, GPUInfo, GPURequestError, NoFreeGPU
 
 
 def test_allocate_count_and_release():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rootless_gpu_spawner.gpus import (
+from rootless_gpu_spawner.hub.gpus import (
     detect_device_mode,
     InvalidGPURequest,
     device_requests,

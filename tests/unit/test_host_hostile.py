@@ -9,9 +9,11 @@ import threading
 import pytest
 from peer_servers import NOBODY
 
-from rootless_gpu_spawner import boundedjson, daemonctl, hostchecks
-from rootless_gpu_spawner.bootstrap import Bootstrapper
-from rootless_gpu_spawner.hostchecks import HostPaths
+from rootless_gpu_spawner import boundedjson
+from rootless_gpu_spawner.host import daemonctl
+from rootless_gpu_spawner.admin import checks as hostchecks
+from rootless_gpu_spawner.admin.bootstrap import Bootstrapper
+from rootless_gpu_spawner.admin.checks import HostPaths
 
 from fake_daemon import FakeDaemon, rootless_info, routes  # tests/unit is on sys.path (no package)
 

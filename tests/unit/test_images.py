@@ -2,7 +2,7 @@
 
 import pytest
 
-from rootless_gpu_spawner.images import (
+from rootless_gpu_spawner.hub.images import (
     ImageRef,
     InvalidImageReference,
     normalize_mirror_prefix,

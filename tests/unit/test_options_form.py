@@ -7,9 +7,9 @@ from tornado import web
 from traitlets.config import Config
 
 from rootless_gpu_spawner import RootlessGPUSpawner
-from rootless_gpu_spawner import gpu_alloc
-from rootless_gpu_spawner.gpu_alloc import GPUAllocator, GPUInfo
-from rootless_gpu_spawner.options_form import FormChoices, needs_form, parse_form, render_form
+from rootless_gpu_spawner.hub import gpu_alloc
+from rootless_gpu_spawner.hub.gpu_alloc import GPUAllocator, GPUInfo
+from rootless_gpu_spawner.hub.options_form import FormChoices, needs_form, parse_form, render_form
 
 IMAGES = {"PyTorch": "pytorch/pytorch:2.3.0", "Lab": "rgs-test/jupyterlab:latest"}
 

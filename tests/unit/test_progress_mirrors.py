@@ -3,9 +3,9 @@
 import asyncio
 import socket
 
-from rootless_gpu_spawner.mirrors import MirrorHealth, mirror_address, reachable
-from rootless_gpu_spawner.progress import ProgressFeed, human_bytes, pull_message
-from rootless_gpu_spawner.pulls import PullProgress
+from rootless_gpu_spawner.hub.mirrors import MirrorHealth, mirror_address, reachable
+from rootless_gpu_spawner.hub.progress import ProgressFeed, human_bytes, pull_message
+from rootless_gpu_spawner.hub.pulls import PullProgress
 
 
 def test_pull_progress_sums_layers():

@@ -11,8 +11,8 @@ import stat
 
 import pytest
 
-from rootless_gpu_spawner import daemonctl, safefs
-from rootless_gpu_spawner.daemonctl import DaemonError
+from rootless_gpu_spawner.host import daemonctl, safefs
+from rootless_gpu_spawner.host.daemonctl import DaemonError
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
 UID, GID = 54321, 54321

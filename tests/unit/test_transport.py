@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rootless_gpu_spawner.daemon import (
+from rootless_gpu_spawner.hub.daemon import (
     AnswerTooLarge,
     DaemonConnection,
     DaemonPool,

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from rootless_gpu_spawner.workspace import WorkspaceError, ensure_workspace, workspace_path
+from rootless_gpu_spawner.host.workspace import WorkspaceError, ensure_workspace, workspace_path
 
 UID, GID = 54321, 54321  # a uid nobody has: proves we chown what we create
 
@@ -121,7 +121,7 @@ def test_missing_home(tmp_path):
 
 def test_link_swapped_after_the_check_is_not_followed(home, tmp_path, monkeypatch):
     """~/work -> ~/a passes a path check; ~/a then becomes a link to outside: nothing lands there."""
-    from rootless_gpu_spawner import workspace
+    from rootless_gpu_spawner.host import workspace
 
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -26,8 +26,11 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Optional
 
-from . import boundedjson, daemonctl, nvidiaconf, service
-from .daemonctl import DaemonError
+from .. import boundedjson
+from ..host import daemonctl
+from ..host import nvidiaconf
+from ..host import service
+from ..host.daemonctl import DaemonError
 
 #: Where useradd starts allocating subordinate ids (SUB_UID_MIN in login.defs).
 SUBID_FLOOR = 100000

@@ -30,8 +30,9 @@ import subprocess
 import time
 from typing import Optional, Union
 
-from . import commands, daemonctl
-from .accounts import SYSTEM_USERNAME
+from . import commands
+from . import daemonctl
+from ..accounts import SYSTEM_USERNAME
 from .daemonctl import DaemonError
 
 SYSTEMD_MARKER = daemonctl.SYSTEMD_MARKER

@@ -24,7 +24,7 @@ from docker.auth import AuthConfig
 from docker.errors import APIError, DockerException
 from docker.utils.proxy import ProxyConfig
 
-from .daemon_errors import (  # noqa: F401  (re-exported: the hub's one import for daemon errors)
+from ..errors import (  # noqa: F401  (re-exported: the hub's one import for daemon errors)
     AnswerTooLarge,
     BadAnswer,
     DaemonError,
@@ -36,8 +36,8 @@ from .daemon_errors import (  # noqa: F401  (re-exported: the hub's one import f
     UnsafeSocket,
     UnusableAnswer,
 )
-from .safetext import printable
-from .transport import MAX_ANSWER_BYTES, CallGuard, PeerVerifiedAdapter, SocketTarget
+from ..safetext import printable
+from ..transport import MAX_ANSWER_BYTES, CallGuard, PeerVerifiedAdapter, SocketTarget
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Optional
 
-from . import daemonctl, hostchecks, nvidiaconf, safefs, service
-from .daemonctl import DaemonError
-from .hostchecks import HostPaths
-from .workspace import WorkspaceError, ensure_workspace, hand_over_root_owned
+from ..host import daemonctl
+from . import checks as hostchecks
+from ..host import nvidiaconf
+from ..host import safefs
+from ..host import service
+from ..host.daemonctl import DaemonError
+from .checks import HostPaths
+from ..host.workspace import WorkspaceError, ensure_workspace, hand_over_root_owned
 
 #: Accounts below this uid (root, system accounts) are never bootstrapped.
 MIN_UID = 1000

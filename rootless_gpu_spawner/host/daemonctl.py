@@ -63,10 +63,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
-from . import boundedjson, commands, daemon_errors, safefs
-from .answers import is_rootless  # noqa: F401  (the one test of "not the rootful daemon", re-exported)
-from .transport import CallGuard, GuardedSocket, SocketTarget
-from .safetext import printable, printable_lines
+from .. import boundedjson
+from . import commands
+from .. import errors
+from . import safefs
+from ..answers import is_rootless  # noqa: F401  (the one test of "not the rootful daemon", re-exported)
+from ..transport import CallGuard, GuardedSocket, SocketTarget
+from ..safetext import printable, printable_lines
 
 __all__ = [
     "DaemonError",
@@ -527,11 +530,11 @@ def find_binaries() -> dict[str, str]:
 
 
 # The one transport (peer-verified, deadline-bound) and its errors, shared with the hub.
-PeerMismatch = daemon_errors.PeerMismatch
-AnswerTooLarge = daemon_errors.AnswerTooLarge
-DeadlineExceeded = daemon_errors.DeadlineExceeded
+PeerMismatch = errors.PeerMismatch
+AnswerTooLarge = errors.AnswerTooLarge
+DeadlineExceeded = errors.DeadlineExceeded
 #: What asking a student's daemon can raise, besides our own DaemonError.
-ASK_ERRORS = (OSError, http.client.HTTPException, daemon_errors.DaemonError)
+ASK_ERRORS = (OSError, http.client.HTTPException, errors.DaemonError)
 
 
 def _open_socket(socket_path: str, timeout: float, uid: Optional[int], account: Optional[str]) -> socket.socket:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from docker.errors import APIError, NotFound
 
 from .daemon import is_connection_error
-from .daemon_errors import AnswerTooLarge, DaemonError
+from ..errors import AnswerTooLarge, DaemonError
 from .images import ImageRef, pull_candidates
-from .safetext import printable
+from ..safetext import printable
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import pwd
 
+from tornado import web
+
 from .safetext import printable
 
 
@@ -127,3 +129,26 @@ class UnusableAnswer(BadAnswer):
 
 class LyingAnswer(BadAnswer):
     """The daemon contradicted what the hub itself set up (e.g. the published port)."""
+
+
+# ---- the one mapping to what the student sees -----------------------------
+
+
+class SpawnRefused(web.HTTPError):
+    """A spawn that must not go ahead, with a message for the student or admin.
+
+    ``jupyterhub_message`` is what JupyterHub shows on the spawn page and in
+    REST API errors instead of a generic "Internal Server Error".
+    """
+
+    def __init__(self, status_code: int, message: str, cause: Exception | None = None):
+        super().__init__(status_code, message.replace("%", "%%"))
+        self.jupyterhub_message = message
+        self.cause = cause  # the typed error behind it (e.g. a DaemonError), for callers to branch on
+
+    @classmethod
+    def from_daemon(cls, error: DaemonError) -> "SpawnRefused":
+        return cls(error.status, str(error), cause=error)
+
+    def __str__(self):
+        return self.jupyterhub_message

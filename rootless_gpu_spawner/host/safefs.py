@@ -34,7 +34,7 @@ import stat
 import time
 from typing import Optional
 
-from .safetext import printable
+from ..safetext import printable
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Symlinks resolved (and mkdir races retried) in one walk, like the kernel's 40.

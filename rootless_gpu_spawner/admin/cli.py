@@ -23,9 +23,11 @@ import sys
 from urllib.parse import urlparse
 
 from . import bootstrap as bootstrap_mod
-from . import daemonctl, hostchecks, service
-from .accounts import SYSTEM_USERNAME
-from .safetext import printable
+from ..host import daemonctl
+from . import checks as hostchecks
+from ..host import service
+from ..accounts import SYSTEM_USERNAME
+from ..safetext import printable
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -308,5 +310,3 @@ def main(argv=None) -> int:
         return EXIT_USAGE
 
 
-if __name__ == "__main__":
-    sys.exit(main())
