@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from dockerspawner import DockerSpawner
 from docker.errors import APIError
 from docker.types import HostConfig
-from traitlets import (
-    Any, Bool, CaselessStrEnum, Callable, Dict, Float, Int, List, Unicode, Union, default, validate,
-)
+from traitlets import Int, List, Unicode, default, validate
 
 from . import answers
 from .hub import daemon as daemons
+from .config import SpawnerConfig
 from .accounts import Account, AccountError, lookup_account, system_username
 from .hub.container import (
     build_container_request, check_container_port, is_port_clash, pick_host_port, rewrite_hub_urls,
@@ -25,17 +23,15 @@ from .hub.daemon import BadAnswer, DaemonError, DaemonNotRunning, LyingAnswer, r
 from .hub import gpu_alloc
 from .hub.gpu_alloc import GPURequestError, InventoryUnknown, NoFreeGPU
 from .hub.gpus import (
-    InvalidGPURequest,
     detect_device_mode,
     device_requests,
     gpu_driver_error_message,
     is_gpu_driver_error,
-    normalize_gpus,
 )
 from .hub.options_form import FormChoices, needs_form, parse_form, render_form
 from .hub.user_options import GPUPolicy, student_gpu_limit, validate_user_options
 from .hub.admission import start_slot
-from .hub.images import InvalidImageReference, normalize_mirror_prefix, parse_image_reference
+from .hub.images import InvalidImageReference, parse_image_reference
 from .hub import mirrors
 from .hub.progress import ProgressFeed, pull_message
 from .hub.pulls import ImageError, ensure_image
@@ -53,130 +49,23 @@ _starting: dict[str, asyncio.Future] = {}  # account -> the one start in flight
 _account_users: dict[str, set] = {}
 
 
-def _bad_config(trait: str, message: str) -> ValueError:
-    return ValueError(f"RootlessGPUSpawner.{trait}: {message}")
-
-
-class RootlessGPUSpawner(DockerSpawner):
+class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
     """Start each user's server in a container on that user's own rootless Docker daemon."""
 
-    # ---- which daemon -----------------------------------------------------
+    @classmethod
+    def class_own_traits(cls, **metadata):
+        """The settings declared in :class:`SpawnerConfig` are this class's own.
 
-    system_user = Union(
-        [Unicode(), Callable()],
-        default_value="{username}",
-        config=True,
-        help="""
-        The system (login) account that owns a hub user's daemon and workspace.
+        ``SpawnerConfig`` is this class's declaration split into its own file, not a parent
+        class with settings of its own: ``jupyterhub --generate-config``, ``--help-all`` and
+        docs/*/config-reference.md list them under ``RootlessGPUSpawner`` as before.
+        """
+        own = super().class_own_traits(**metadata)
+        if cls is RootlessGPUSpawner:
+            own.update(SpawnerConfig.class_own_traits(**metadata))
+        return own
 
-        A template with ``{username}`` (the hub user name), or a callable taking
-        the hub user name and returning the login name, for labs whose hub
-        names differ from login names::
-
-            c.RootlessGPUSpawner.system_user = "s{username}"
-            c.RootlessGPUSpawner.system_user = lambda name: name.split("@")[0]
-        """,
-    )
-
-    allow_shared_accounts = Bool(
-        False,
-        config=True,
-        help="""
-        Let two hub users whose ``system_user`` mapping gives the same login
-        account run servers at the same time (they would share that account's
-        daemon and files). Off: the second is refused, since a mapping that
-        folds two people into one account is usually a mistake::
-
-            c.RootlessGPUSpawner.allow_shared_accounts = False
-        """,
-    )
-
-    min_uid = Int(
-        1000,
-        config=True,
-        help="""
-        Refuse system accounts with a uid below this (root and system accounts)::
-
-            c.RootlessGPUSpawner.min_uid = 1000
-        """,
-    )
-
-    docker_host_template = Unicode(
-        "unix:///run/user/{uid}/docker.sock",
-        config=True,
-        help="""
-        Where each student's rootless Docker daemon listens. Fields: ``{uid}``,
-        ``{username}`` (system account) and ``{home}``. ``DOCKER_HOST`` and
-        ``/var/run/docker.sock`` are never used::
-
-            c.RootlessGPUSpawner.docker_host_template = "unix:///run/user/{uid}/docker.sock"
-        """,
-    )
-
-    allow_rootful_daemon = Bool(
-        False,
-        config=True,
-        help="""
-        Admin only: accept a daemon that does not report rootless mode. A rootful
-        daemon gives every student root on the host, so this is off; turn it on
-        only for a single-user test machine::
-
-            c.RootlessGPUSpawner.allow_rootful_daemon = False
-        """,
-    )
-
-    start_daemon_if_down = Bool(
-        False,
-        config=True,
-        help="""
-        When a student's rootless daemon is not running at spawn time, start it
-        with the same code as ``rootless-gpu-admin start-daemon`` (Docker's
-        systemd user service where it is installed, by hand otherwise) instead
-        of refusing. Off by default: a daemon that keeps dying is something the
-        admin should see::
-
-            c.RootlessGPUSpawner.start_daemon_if_down = True
-        """,
-    )
-
-    docker_api_timeout = Float(
-        60.0,
-        config=True,
-        help="""
-        Seconds one call to a student's daemon may take, all of it (a wall-clock
-        deadline, not a per-read timeout: a daemon that answers a byte a minute
-        is cut off too). Pulls have their own ``image_pull_timeout``::
-
-            c.RootlessGPUSpawner.docker_api_timeout = 60
-        """,
-    )
-
-    image_pull_timeout = Float(
-        3600.0,
-        config=True,
-        help="""
-        Seconds one image pull may take on a student's daemon, all of it; a
-        pull still running then fails with a clear message (the next spawn
-        resumes the layers already downloaded)::
-
-            c.RootlessGPUSpawner.image_pull_timeout = 3600
-        """,
-    )
-
-    # ---- networking -----------------------------------------------------------
-
-    host_gateway_ip = Unicode(
-        "10.0.2.2",
-        config=True,
-        help="""
-        The host's loopback as seen from inside a rootless container
-        (slirp4netns's host alias). The container's ``JUPYTERHUB_API_URL`` and
-        ``JUPYTERHUB_ACTIVITY_URL`` use it when the hub listens on loopback; the
-        hub's own ``hub_connect_url`` is not changed::
-
-            c.RootlessGPUSpawner.host_gateway_ip = "10.0.2.2"
-        """,
-    )
+    # ---- inherited settings this spawner sets differently ------------------------
 
     @default("host_ip")
     def _default_host_ip(self):
@@ -190,53 +79,6 @@ class RootlessGPUSpawner(DockerSpawner):
         except ValueError as e:
             raise ValueError(str(e)) from None
 
-    # ---- container user, workspace ----------------------------------------------
-
-    run_as_root = Bool(
-        True,
-        config=True,
-        help="""
-        Run the server as container root, which a rootless daemon maps to the
-        student's own uid on the host, so files in the workspace belong to the
-        student; ``--allow-root`` is passed to the single-user server. With
-        False the image's user is used and its files on the host belong to a
-        subordinate uid the student cannot manage::
-
-            c.RootlessGPUSpawner.run_as_root = True
-        """,
-    )
-
-    workspace_dir = Unicode(
-        "workspace",
-        config=True,
-        help="""
-        The student's workspace on the host, relative to their home (an absolute
-        path must be inside the home). Created if missing, owned by the student;
-        never deleted::
-
-            c.RootlessGPUSpawner.workspace_dir = "workspace"
-        """,
-    )
-
-    workspace_mount = Unicode(
-        "/workspace",
-        config=True,
-        help="""
-        Where the workspace appears in the container; JupyterLab opens there::
-
-            c.RootlessGPUSpawner.workspace_mount = "/workspace"
-        """,
-    )
-
-    @validate("workspace_mount")
-    def _validate_workspace_mount(self, proposal):
-        value = proposal.value
-        if not value.startswith("/") or value.rstrip("/") in ("", "/proc", "/sys", "/dev", "/etc"):
-            raise _bad_config(
-                "workspace_mount", f"{value!r} must be an absolute path such as '/workspace'"
-            )
-        return value.rstrip("/")
-
     @default("notebook_dir")
     def _default_notebook_dir(self):
         return self.workspace_mount
@@ -246,174 +88,6 @@ class RootlessGPUSpawner(DockerSpawner):
         # A stopped server leaves no container behind (nor a GPU held by one);
         # the student's files live in the bind-mounted workspace.
         return True
-
-    # ---- GPUs ---------------------------------------------------------------------
-
-    gpus = Any(
-        "all",
-        config=True,
-        help="""
-        GPUs for each server, like ``docker run --gpus``: ``"all"``, a count
-        (``2``), a list of device ids (``[0, 3]``) or ``0`` for none. Under
-        ``gpu_policy="shared"`` it is also the most a student may ask for
-        through ``user_options["gpus"]``; under ``"exclusive"`` it is only the
-        default request (``"all"`` then meaning 1)::
-
-            c.RootlessGPUSpawner.gpus = "all"
-        """,
-    )
-
-    @validate("gpus")
-    def _validate_gpus(self, proposal):
-        try:
-            return normalize_gpus(proposal.value)
-        except InvalidGPURequest as e:
-            raise _bad_config("gpus", f"{e}. Example: 'all', 1, [0, 2] or 0") from None
-
-    gpu_policy = CaselessStrEnum(
-        ["shared", "exclusive"],
-        default_value="shared",
-        config=True,
-        help="""
-        ``"shared"``: every server gets what ``gpus`` says (several servers may
-        use the same GPU). ``"exclusive"``: each GPU is given to at most one
-        running server; a server gets ``gpus`` GPUs by default (``"all"`` then
-        means 1) and students may ask for more in the form, up to their limit::
-
-            c.RootlessGPUSpawner.gpu_policy = "exclusive"
-        """,
-    )
-
-    gpu_ids = List(
-        Unicode(),
-        config=True,
-        help="""
-        The host's GPU ids (indices as ``nvidia-smi`` shows them). Empty:
-        discovered through NVML (``pip install nvidia-ml-py``). Needed for
-        ``gpu_policy="exclusive"`` on hosts without NVML::
-
-            c.RootlessGPUSpawner.gpu_ids = ["0", "1", "2", "3"]
-        """,
-    )
-
-    @validate("gpu_ids")
-    def _validate_gpu_ids(self, proposal):
-        try:
-            ids = normalize_gpus([str(g) for g in proposal.value]) if proposal.value else []
-        except InvalidGPURequest as e:
-            raise _bad_config("gpu_ids", f"{e}. Example: ['0', '1']") from None
-        return ids
-
-    max_gpus_per_user = Int(
-        0,
-        config=True,
-        help="""
-        The most GPUs one student may ask for (all their servers together under
-        ``exclusive``); a default ``gpus`` above it is cut down to it. 0: no
-        limit beyond ``gpus`` and the inventory::
-
-            c.RootlessGPUSpawner.max_gpus_per_user = 2
-        """,
-    )
-
-    group_gpu_limits = Dict(
-        key_trait=Unicode(),
-        value_trait=Int(),
-        config=True,
-        help="""
-        Limits per JupyterHub group (the hub's groups, not Unix groups),
-        overriding ``max_gpus_per_user`` for members; a member of several
-        groups gets the largest. Here 0 means no GPU for that group::
-
-            c.RootlessGPUSpawner.group_gpu_limits = {"phd": 4, "course-2026": 1}
-        """,
-    )
-
-    gpu_device_mode = CaselessStrEnum(
-        ["auto", "nvidia", "cdi"],
-        default_value="auto",
-        config=True,
-        help="""
-        How GPUs are requested from Docker: ``"nvidia"`` (the NVIDIA Container
-        Toolkit hook, like ``--gpus``), ``"cdi"`` (``nvidia.com/gpu=ID``, Docker
-        25+ with CDI specs from ``nvidia-ctk cdi generate``) or ``"auto"``
-        (CDI when the daemon reports CDI spec dirs holding an NVIDIA spec)::
-
-            c.RootlessGPUSpawner.gpu_device_mode = "auto"
-        """,
-    )
-
-    # ---- images ---------------------------------------------------------------------
-
-    mirror_prefixes = List(
-        Unicode(),
-        default_value=["docker.mirrors.ustc.edu.cn"],
-        config=True,
-        help="""
-        Docker Hub mirrors to pull through, tried in order (host, optionally
-        with a path; a leading ``https://`` is accepted and dropped). Used only
-        for Docker Hub images; the image is tagged with its canonical name
-        afterwards. USTC's mirror (the default) has been closed to the public
-        since 2024: put your own pull-through cache or another mirror first::
-
-            c.RootlessGPUSpawner.mirror_prefixes = ["docker.mirrors.ustc.edu.cn"]
-        """,
-    )
-
-    @validate("mirror_prefixes")
-    def _validate_mirror_prefixes(self, proposal):
-        try:
-            return [normalize_mirror_prefix(p) for p in proposal.value]
-        except ValueError as e:
-            raise _bad_config("mirror_prefixes", f"{e}. Example: ['mirror.example.org']") from None
-
-    mirror_fallback_to_upstream = Bool(
-        True,
-        config=True,
-        help="""
-        After every mirror failed, pull from Docker Hub itself::
-
-            c.RootlessGPUSpawner.mirror_fallback_to_upstream = True
-        """,
-    )
-
-    mirror_probe_timeout = Float(
-        1.5,
-        config=True,
-        help="""
-        Seconds a mirror has to answer HTTP (``/v2/``, over TLS or plain) before
-        it is skipped; a dead or hung mirror would otherwise cost each pull the
-        daemon's own 10-30 s timeout::
-
-            c.RootlessGPUSpawner.mirror_probe_timeout = 1.5
-        """,
-    )
-
-    mirror_cooldown = Float(
-        300.0,
-        config=True,
-        help="""
-        Seconds a mirror that failed is left out before it is tried again::
-
-            c.RootlessGPUSpawner.mirror_cooldown = 300
-        """,
-    )
-
-    max_concurrent_starts = Int(
-        config=True,
-        help="""
-        How many servers may be starting (container start until the server
-        answers) at once on this host; the others wait their turn, so when a
-        class presses Start together students become ready one after another
-        instead of all late. Default: the number of CPU cores. 0: no limit::
-
-            c.RootlessGPUSpawner.max_concurrent_starts = 4
-        """,
-    )
-
-    @default("max_concurrent_starts")
-    def _default_max_concurrent_starts(self):
-        return max(1, os.cpu_count() or 1)
 
     # ---- per-server state ----------------------------------------------------------------
 

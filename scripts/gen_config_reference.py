@@ -8,7 +8,7 @@
 
 The page is built from ``RootlessGPUSpawner.class_own_traits(config=True)``
 (name, type, default and the ``help=`` text, in the order they are defined in
-``spawner.py``) and from a short, curated list of inherited DockerSpawner /
+``config.py``, the ``SpawnerConfig`` the spawner inherits) and from a short, curated list of inherited DockerSpawner /
 JupyterHub ``Spawner`` traits with a note on how this spawner treats them.
 
 Defaults are rendered deterministically: a default computed at run time by a
@@ -62,7 +62,7 @@ def out_path(lang: str) -> Path:
 # Hand-written parts (kept small; everything else comes from the code)
 # ---------------------------------------------------------------------------
 
-#: Titles for the ``# ---- name ----`` sections of spawner.py. A section not
+#: Titles for the ``# ---- name ----`` sections of config.py. A section not
 #: listed here gets its comment text as the title (and in English on zh).
 GROUP_TITLES = {
     "which daemon": ("Which daemon", "使用哪个 daemon"),
@@ -430,7 +430,9 @@ def help_markdown(help_text: str) -> str:
 def own_traits_in_source_order():
     """(group, name, trait) for every configurable trait defined on the class, in source order."""
     own = CLASS.class_own_traits(config=True)
-    source = inspect.getsource(CLASS)
+    # The spawner and the classes of this package it inherits (SpawnerConfig declares the settings).
+    ours = [k for k in CLASS.__mro__ if k.__module__.split(".")[0] == CLASS.__module__.split(".")[0]]
+    source = "\n".join(inspect.getsource(k) for k in reversed(ours))
     group = "other"
     seen = []
     for line in source.splitlines():
