@@ -6,6 +6,9 @@
     rootless-gpu-admin stop-daemon NAME
     rootless-gpu-admin status [NAME ...] [--json]
 
+``status`` without a name, as root, lists every student (uid >= 1000) who
+has a rootless daemon or its configuration; run by a student, it checks
+their own daemon.
 ``doctor`` checks the host (and each named user) and prints the exact fix
 for every problem; it exits 0 only when nothing fails.  ``bootstrap`` makes
 the host and the users right, idempotently (a second run changes nothing;
@@ -25,6 +28,7 @@ from urllib.parse import urlparse
 from . import bootstrap as bootstrap_mod
 from . import daemonctl, hostchecks, service
 from .accounts import SYSTEM_USERNAME
+from .safetext import printable
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -212,16 +216,91 @@ def cmd_stop(args) -> int:
     return EXIT_OK
 
 
+#: What marks an account as having a rootless daemon (``status`` without names):
+#: its socket, or the files ``bootstrap`` / Docker's setup tool write in the home.
+RUN_USER_DIR = "/run/user"
+DAEMON_MARKERS = (".config/docker/daemon.json", service.UNIT_REL)
+STATUS_USAGE = "usage: rootless-gpu-admin status [NAME ...] [--json]"
+_O_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _exists_in_home(home: str, rel: str) -> bool:
+    """Does ``home/rel`` exist, without following any symlink below the home?
+
+    The home's own path comes from the password database (the admin's); every
+    component below it is the student's, so each is opened with O_NOFOLLOW and
+    the last one only lstat-ed: a link anywhere counts as "not there".
+    """
+    *dirs, name = rel.split("/")
+    try:
+        fd = os.open(home, _O_DIR_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        for part in dirs:
+            nfd = os.open(part, _O_DIR_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def has_daemon(pw: pwd.struct_passwd, run_dir: str = RUN_USER_DIR) -> bool:
+    """The account has a daemon socket in its runtime dir, or a daemon.json / user service."""
+    try:
+        os.lstat(os.path.join(run_dir, str(int(pw.pw_uid)), "docker.sock"))
+        return True
+    except OSError:
+        pass
+    return any(_exists_in_home(pw.pw_dir, rel) for rel in DAEMON_MARKERS)
+
+
+def students_with_daemons(accounts=None, run_dir: str = RUN_USER_DIR,
+                          min_uid: int = bootstrap_mod.MIN_UID) -> list[pwd.struct_passwd]:
+    """Every account (uid >= min_uid, by name) that :func:`has_daemon`."""
+    seen, out = set(), []
+    for pw in sorted(pwd.getpwall() if accounts is None else accounts, key=lambda p: p.pw_name):
+        if pw.pw_uid < min_uid or pw.pw_name in seen or not SYSTEM_USERNAME.match(pw.pw_name):
+            continue
+        seen.add(pw.pw_name)
+        if has_daemon(pw, run_dir):
+            out.append(pw)
+    return out
+
+
+def format_status(st: dict) -> str:
+    """One line per daemon; what came from the student's daemon is made printable."""
+    state = "running" if st["running"] else "not running"
+    extra = f", rootless={st['rootless']}, docker {printable(st['server_version'], 40)}" if st["running"] else ""
+    error = f" -- {printable(st['error'])}" if st["error"] else ""
+    return f"{printable(st['user'], 64)}: {state}{extra}{error}"
+
+
 def cmd_status(args) -> int:
-    names = args.names or [_me()]
-    results = [daemonctl.daemon_status(_account(n)) for n in names]
+    if args.names:
+        users = [_account(n) for n in args.names]
+    elif os.geteuid() != 0:
+        users = [_account(_me())]  # a student checks their own daemon
+    else:
+        users = students_with_daemons()
+        if not users:
+            if args.json:
+                print("[]")
+            print(f"rootless-gpu-admin status: no student (uid >= {bootstrap_mod.MIN_UID}) has a rootless Docker "
+                  f"daemon here (no {RUN_USER_DIR}/UID/docker.sock, no ~/.config/docker/daemon.json); set one up "
+                  "with 'rootless-gpu-admin bootstrap --user NAME', or name the users to check.\n" + STATUS_USAGE,
+                  file=sys.stderr)
+            return EXIT_USAGE
+    results = [daemonctl.daemon_status(pw) for pw in users]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for st in results:
-            state = "running" if st["running"] else "not running"
-            extra = f", rootless={st['rootless']}, docker {st['server_version']}" if st["running"] else ""
-            print(f"{st['user']}: {state}{extra}" + (f" -- {st['error']}" if st["error"] else ""))
+            print(format_status(st))
     return EXIT_OK if all(st["running"] and st["rootless"] for st in results) else EXIT_PROBLEMS
 
 
@@ -271,8 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30)
     p.set_defaults(func=cmd_stop)
 
-    p = sub.add_parser("status", help="is each user's daemon up and rootless?")
-    p.add_argument("names", nargs="*")
+    p = sub.add_parser("status", help="is each user's daemon up and rootless? (no NAME, as root: every student with a daemon)")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="users to check (default: as root, every student with a daemon socket, daemon.json or "
+                        "docker.service; otherwise yourself)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     return parser
