@@ -2,7 +2,7 @@
 
     rootless-gpu-admin doctor [--user NAME ...] [--json]
     rootless-gpu-admin bootstrap [--user NAME ... | --group GROUP] [--mirror URL ...] [--gpu] [--dry-run] [--json]
-    rootless-gpu-admin start-daemon NAME
+    rootless-gpu-admin start-daemon NAME [--gpu-stub-dir DIR]
     rootless-gpu-admin stop-daemon NAME
     rootless-gpu-admin status [NAME ...] [--json]
 
@@ -307,6 +307,11 @@ def cmd_status(args) -> int:
 # ------------------------------------------------------------------ CLI
 
 
+GPU_STUB_HELP = ("a *simulated GPU host* (the quick start's demo, the tests): start the daemon with DIR, holding an "
+                 "'exit 0' nvidia-container-runtime-hook, first on its PATH; Docker then accepts GPU requests "
+                 "without any GPU or CUDA")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rootless-gpu-admin",
@@ -335,13 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for each daemon to answer")
     p.add_argument("--nvidia-config", help=argparse.SUPPRESS)  # tests: a temporary config.toml
-    p.add_argument("--gpu-stub-dir", help=argparse.SUPPRESS)  # tests: a simulated GPU host
+    p.add_argument("--gpu-stub-dir", metavar="DIR", help=GPU_STUB_HELP)
     p.add_argument("--no-start", action="store_true", help=argparse.SUPPRESS)  # tests: a user without a daemon
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("start-daemon", help="start a user's rootless dockerd (systemd user service or by hand)")
     p.add_argument("name")
-    p.add_argument("--gpu-stub-dir", help=argparse.SUPPRESS)  # tests: a simulated GPU host
+    p.add_argument("--gpu-stub-dir", metavar="DIR", help=GPU_STUB_HELP)
     p.add_argument("--timeout", type=float, default=60)
     p.set_defaults(func=cmd_start)
 
