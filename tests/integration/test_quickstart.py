@@ -155,6 +155,9 @@ def test_quickstart_form_and_ctrl_c_through_tee_stops_everything(demo):
         ["bash", "-c", 'bash scripts/quickstart.sh 2>&1 | tee "$0"', str(log)],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,  # a process group of its own, as a terminal's foreground job
+        # ... with SIGINT as a terminal gives it (this test may run in a background job, where it is
+        # ignored, and a shell cannot trap a signal ignored at its start).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     demo["proc"] = proc
 
