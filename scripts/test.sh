@@ -47,9 +47,12 @@ trap 'exit 129' HUP
 
 rm -f artifacts/reliability.json
 status=0
-# A background job starts with SIGINT ignored: give pytest its KeyboardInterrupt back.
+# A background job starts with SIGINT ignored: give pytest its KeyboardInterrupt back. Its output
+# goes through a relay that outlives a dead pipe (tee -p, no SIGINT), so pytest never fails on a
+# write while its fixtures stop their hubs; all of it is also kept in artifacts/pytest-output.log.
 setsid "$py" -c 'import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); sys.exit(pytest.main(sys.argv[1:]))' \
-  -v -rs -p no:cacheprovider --junitxml=artifacts/junit.xml "$@" tests &
+  -v -rs -p no:cacheprovider --junitxml=artifacts/junit.xml "$@" tests \
+  > >(trap '' INT HUP; exec tee -p artifacts/pytest-output.log) 2>&1 &
 pytest_pid=$!
 wait "$pytest_pid" || status=$?
 pytest_pid=
