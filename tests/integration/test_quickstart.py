@@ -204,6 +204,12 @@ def test_quickstart_form_and_ctrl_c_through_tee_stops_everything(demo):
         assert running[0].attrs["Config"]["Image"] == "rgs-demo/jupyterlab:latest"
     finally:
         client.close()
+    # The admin's first look: status without names lists both demo students' daemons.
+    st = subprocess.run([os.path.join(sys.prefix, "bin", "rootless-gpu-admin"), "status"],
+                        capture_output=True, text=True, timeout=120)
+    for n in users:
+        assert f"{n}: running, rootless=True" in st.stdout, (st.stdout, st.stderr)
+
     hub_and_proxy = [p for p in daemonctl._all_pids()
                      if state in _cmdline(p) or f"--api-port {proxy_api}" in _cmdline(p)]
     assert any("jupyterhub" in _cmdline(p) for p in hub_and_proxy), hub_and_proxy
