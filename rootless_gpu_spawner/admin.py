@@ -227,13 +227,14 @@ _O_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def _exists_in_home(home: str, rel: str) -> bool:
     """Does ``home/rel`` exist, without following any symlink below the home?
 
-    The home's own path comes from the password database (the admin's); every
-    component below it is the student's, so each is opened with O_NOFOLLOW and
-    the last one only lstat-ed: a link anywhere counts as "not there".
+    The home's own path comes from the password database and its entry lives
+    in a root-owned directory (the admin's: resolved like daemonctl does);
+    every component below it is the student's, so each is opened with
+    O_NOFOLLOW and the last one only lstat-ed: a link there counts as "not there".
     """
     *dirs, name = rel.split("/")
     try:
-        fd = os.open(home, _O_DIR_NOFOLLOW)
+        fd = os.open(os.path.realpath(home), _O_DIR_NOFOLLOW)
     except OSError:
         return False
     try:

@@ -200,12 +200,17 @@ def test_status_finds_students_by_socket_or_config_without_following_links(tmp_p
     (homes / "link" / ".config" / "docker" / "daemon.json").symlink_to(outside / "daemon.json")
     (homes / "dirlink" / ".config").mkdir()
     (homes / "dirlink" / ".config" / "docker").symlink_to(outside)
+    # a home that is itself a link (the admin's /home -> /data/home) is resolved
+    (tmp_path / "data" / "linkedhome" / ".config" / "docker").mkdir(parents=True)
+    (tmp_path / "data" / "linkedhome" / ".config" / "docker" / "daemon.json").write_text("{}")
+    (homes / "linkedhome").symlink_to(tmp_path / "data" / "linkedhome")
+    accounts.append(_pw("linkedhome", 2007, homes / "linkedhome"))
     (run / "999").mkdir()
     (run / "999" / "docker.sock").write_text("")  # a system account is never a student
     found = admin.students_with_daemons(accounts, run_dir=str(run))
     # "link": its daemon.json is lstat-ed (a link is a file there, never followed);
     # "dirlink": a directory link below the home is never entered.
-    assert [pw.pw_name for pw in found] == ["conf", "link", "sock", "unit"]
+    assert [pw.pw_name for pw in found] == ["conf", "link", "linkedhome", "sock", "unit"]
 
 
 FAKE_STATUS = {"running": True, "rootless": True, "server_version": "20.10\x1b[2J", "error": None}
