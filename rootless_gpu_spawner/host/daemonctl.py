@@ -233,7 +233,7 @@ def _read_pid_file(path: str) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def _user_file(pw: pwd.struct_passwd, rel: str, create: bool) -> Iterator[Optional[tuple[int, str, str]]]:
+def user_file(pw: pwd.struct_passwd, rel: str, create: bool) -> Iterator[Optional[tuple[int, str, str]]]:
     """(dir fd, name, shown path) of ``~user/rel`` reached by safefs' walk; None when
     a parent is missing and *create* is False.  Links inside the home are
     resolved by the walk, one leading out of it is refused."""
@@ -262,7 +262,7 @@ def _user_file(pw: pwd.struct_passwd, rel: str, create: bool) -> Iterator[Option
 def read_user_file(pw: pwd.struct_passwd, rel: str, limit: int = 1 << 20) -> Optional[bytes]:
     """Content of ``~user/rel`` read as root without following symlinks out
     of the home (None when it or a parent dir does not exist)."""
-    with _user_file(pw, rel, create=False) as found:
+    with user_file(pw, rel, create=False) as found:
         return _read_small(found[0], found[1], limit=limit, what=found[2]) if found else None
 
 
@@ -275,7 +275,7 @@ def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o
     ``rel.bak``, nothing written (no mtime churn) when the content is
     already right.  With *dry_run* nothing is created or written.
     """
-    with _user_file(pw, rel, create=not dry_run) as found:
+    with user_file(pw, rel, create=not dry_run) as found:
         if found is None:
             return True  # dry run: the directory would be created
         dfd, name, shown = found
@@ -356,7 +356,7 @@ def merge_daemon_json(
     need this done as the user instead.  With *dry_run* nothing is created
     or written; the return value says whether it would be.
     """
-    with _user_file(pw, ".config/docker/daemon.json", create=not dry_run) as found:
+    with user_file(pw, ".config/docker/daemon.json", create=not dry_run) as found:
         if found is None:
             return any(v for v in (registry_mirrors, insecure_registries))  # dry run: ~/.config/docker is missing
         dfd, name, shown = found
