@@ -32,7 +32,7 @@ import time
 
 import pytest
 
-from rootless_gpu_spawner import admin
+from rootless_gpu_spawner.admin import cli as admin
 from rootless_gpu_spawner.host import daemonctl
 from rootless_gpu_spawner.admin import checks as hostchecks
 

@@ -29,7 +29,7 @@ import docker
 import pytest
 import requests
 
-from rootless_gpu_spawner import daemonctl
+from rootless_gpu_spawner.host import daemonctl
 
 from .conftest import ARTIFACTS
 from .hub import free_port

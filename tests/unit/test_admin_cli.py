@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from rootless_gpu_spawner import admin
+from rootless_gpu_spawner.admin import cli as admin
 from rootless_gpu_spawner.admin import checks as hostchecks
 
 from test_admin_nvidiaconf import STOCK  # tests/unit is on sys.path (no package)
@@ -93,7 +93,7 @@ def as_nobody():
     import tempfile
     base = tempfile.mkdtemp(prefix="rgs-cli-")
     os.chmod(base, 0o755)
-    shutil.copytree(os.path.dirname(admin.__file__), os.path.join(base, "rootless_gpu_spawner"),
+    shutil.copytree(os.path.dirname(os.path.dirname(admin.__file__)), os.path.join(base, "rootless_gpu_spawner"),
                     ignore=shutil.ignore_patterns("__pycache__"))
     for root, dirs, files in os.walk(base):
         for d in dirs:

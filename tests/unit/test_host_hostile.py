@@ -175,7 +175,7 @@ def assert_escaped(out: str):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="status/doctor for root's account")
 def test_status_and_doctor_show_a_forged_log_escaped(runtime_dir, capsys):
-    from rootless_gpu_spawner import admin
+    from rootless_gpu_spawner.admin import cli as admin
 
     root = as_root_account()
     daemonctl.ensure_runtime_dir(root)
@@ -194,7 +194,7 @@ def test_status_and_doctor_show_a_forged_log_escaped(runtime_dir, capsys):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="status for root's account")
 def test_status_shows_daemon_strings_escaped(runtime_dir, capsys):
-    from rootless_gpu_spawner import admin
+    from rootless_gpu_spawner.admin import cli as admin
 
     nobody = pwd.getpwuid(NOBODY)  # a real account for the CLI; its runtime dir is redirected
     daemonctl.ensure_runtime_dir(nobody)
