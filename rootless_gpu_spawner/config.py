@@ -17,6 +17,7 @@ from traitlets import (
 
 from .hub.gpus import InvalidGPURequest, normalize_gpus
 from .hub.images import normalize_mirror_prefix
+from .layout import DOCKER_HOST_TEMPLATE, MIN_UID
 
 
 def _bad_config(trait: str, message: str) -> ValueError:
@@ -58,7 +59,7 @@ class SpawnerConfig(HasTraits):
     )
 
     min_uid = Int(
-        1000,
+        MIN_UID,
         config=True,
         help="""
         Refuse system accounts with a uid below this (root and system accounts)::
@@ -68,7 +69,7 @@ class SpawnerConfig(HasTraits):
     )
 
     docker_host_template = Unicode(
-        "unix:///run/user/{uid}/docker.sock",
+        DOCKER_HOST_TEMPLATE,
         config=True,
         help="""
         Where each student's rootless Docker daemon listens. Fields: ``{uid}``,

@@ -36,10 +36,10 @@ from ..host import safefs
 from ..host import service
 from ..host.daemonctl import DaemonError
 from .checks import HostPaths
+from ..layout import DAEMON_JSON_REL, DROPIN_REL, MIN_UID, UNIT_REL
 from ..host.workspace import WorkspaceError, ensure_workspace, hand_over_root_owned
 
 #: Accounts below this uid (root, system accounts) are never bootstrapped.
-MIN_UID = 1000
 
 
 class BootstrapError(RuntimeError):
@@ -231,7 +231,7 @@ class Bootstrapper:
         raise BootstrapError(f"{check.detail}; fix: {check.fix}")
 
     def ensure_daemon_json(self, pw, mirrors: Optional[list[str]], insecure: Optional[list[str]]) -> Step:
-        shown = os.path.join(pw.pw_dir, hostchecks.DAEMON_JSON_REL)
+        shown = os.path.join(pw.pw_dir, DAEMON_JSON_REL)
         changed = daemonctl.merge_daemon_json(pw, registry_mirrors=mirrors, insecure_registries=insecure, dry_run=self.dry_run)
         what = ", ".join(
             f"{k} {v}" for k, v in (("registry-mirrors", mirrors), ("insecure-registries", insecure)) if v is not None
@@ -246,11 +246,11 @@ class Bootstrapper:
     def ensure_systemd_service(self, pw: pwd.struct_passwd) -> tuple[Step, bool]:
         """Drop-in + setup tool; returns (step, drop-in changed)."""
         dropin = service.dropin_text().encode()
-        changed = daemonctl.write_user_file(pw, service.DROPIN_REL, dropin, dry_run=self.dry_run)
+        changed = daemonctl.write_user_file(pw, DROPIN_REL, dropin, dry_run=self.dry_run)
         installed = service.unit_installed(pw)
         done = []
         if changed:
-            done.append(f"{'would write' if self.dry_run else 'wrote'} ~{pw.pw_name}/{service.DROPIN_REL} (host loopback on)")
+            done.append(f"{'would write' if self.dry_run else 'wrote'} ~{pw.pw_name}/{DROPIN_REL} (host loopback on)")
         tool = daemonctl.find_binary("dockerd-rootless-setuptool.sh")
         if not installed:
             if not tool:
@@ -272,7 +272,7 @@ class Bootstrapper:
                 raise BootstrapError(f"systemctl --user -M {pw.pw_name}@ daemon-reload failed: {(p.stderr or p.stdout).strip()[-500:]}")
             done.append("systemctl --user daemon-reload")
         if not done:
-            return Step("user service", False, f"~{pw.pw_name}/{service.UNIT_REL} installed, drop-in in place already", pw.pw_name), False
+            return Step("user service", False, f"~{pw.pw_name}/{UNIT_REL} installed, drop-in in place already", pw.pw_name), False
         return Step("user service", True, "; ".join(done), pw.pw_name), changed and installed
 
     def ensure_daemon(self, pw: pwd.struct_passwd, reasons: Iterable[str] = (), gpu_stub_dir: Optional[str] = None) -> Step:

@@ -31,11 +31,11 @@ from ..host import daemonctl
 from ..host import nvidiaconf
 from ..host import service
 from ..host.daemonctl import DaemonError
+from ..layout import DAEMON_JSON_REL, DROPIN_REL
 
 #: Where useradd starts allocating subordinate ids (SUB_UID_MIN in login.defs).
 SUBID_FLOOR = 100000
 WORKSPACE_DIR = "workspace"
-DAEMON_JSON_REL = ".config/docker/daemon.json"
 ADMIN = "rootless-gpu-admin"
 NVIDIA_CONFIG_ENV = "RGS_ADMIN_NVIDIA_CONFIG"
 
@@ -611,7 +611,7 @@ def check_host_loopback(pw: pwd.struct_passwd, facts: DaemonFacts) -> Check:
                 "on the host's 127.0.0.1 (as 10.0.2.2), spawns time out",
                 f"{ADMIN} stop-daemon {pw.pw_name} && {ADMIN} start-daemon {pw.pw_name}  "
                 f"(under systemd: {ADMIN} bootstrap --user {pw.pw_name}, which adds the drop-in "
-                f"~{pw.pw_name}/{service.DROPIN_REL} with {service.LOOPBACK_ENV}=false)",
+                f"~{pw.pw_name}/{DROPIN_REL} with {service.LOOPBACK_ENV}=false)",
                 pw.pw_name,
             )
     pid, args = sorted(facts.rootlesskit.items())[0]

@@ -30,6 +30,7 @@ from ..host import daemonctl
 from . import checks as hostchecks
 from ..host import service
 from ..accounts import SYSTEM_USERNAME
+from ..layout import DAEMON_JSON_REL, MIN_UID, RUN_USER_DIR, SOCKET_NAME, UNIT_REL, runtime_dir
 from ..safetext import printable
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -177,8 +178,8 @@ def cmd_bootstrap(args) -> int:
             raise AdminError(f"group {args.group!r} has no members")
     users = _accounts(names)
     for pw in users:
-        if pw.pw_uid < bootstrap_mod.MIN_UID:
-            raise AdminError(f"{pw.pw_name} (uid {pw.pw_uid}) is a system account; bootstrap sets up students (uid >= {bootstrap_mod.MIN_UID})")
+        if pw.pw_uid < MIN_UID:
+            raise AdminError(f"{pw.pw_name} (uid {pw.pw_uid}) is a system account; bootstrap sets up students (uid >= {MIN_UID})")
     mirrors = [_mirror(m) for m in args.mirror] if args.mirror else None
     insecure = [_insecure(i) for i in args.insecure_registry] if args.insecure_registry else None
     if args.gpu_stub_dir and not os.path.isabs(args.gpu_stub_dir):
@@ -229,8 +230,7 @@ def cmd_stop(args) -> int:
 
 #: What marks an account as having a rootless daemon (``status`` without names):
 #: its socket, or the files ``bootstrap`` / Docker's setup tool write in the home.
-RUN_USER_DIR = "/run/user"
-DAEMON_MARKERS = (".config/docker/daemon.json", service.UNIT_REL)
+DAEMON_MARKERS = (DAEMON_JSON_REL, UNIT_REL)
 STATUS_USAGE = "usage: rootless-gpu-admin status [NAME ...] [--json]"
 
 
@@ -250,7 +250,7 @@ def _exists_in_home(pw: pwd.struct_passwd, rel: str) -> bool:
 def has_daemon(pw: pwd.struct_passwd, run_dir: str = RUN_USER_DIR) -> bool:
     """The account has a daemon socket in its runtime dir, or a daemon.json / user service."""
     try:
-        os.lstat(os.path.join(run_dir, str(int(pw.pw_uid)), "docker.sock"))
+        os.lstat(os.path.join(runtime_dir(pw.pw_uid, run_dir), SOCKET_NAME))
         return True
     except OSError:
         pass
@@ -258,7 +258,7 @@ def has_daemon(pw: pwd.struct_passwd, run_dir: str = RUN_USER_DIR) -> bool:
 
 
 def students_with_daemons(accounts=None, run_dir: str = RUN_USER_DIR,
-                          min_uid: int = bootstrap_mod.MIN_UID) -> list[pwd.struct_passwd]:
+                          min_uid: int = MIN_UID) -> list[pwd.struct_passwd]:
     """Every account (uid >= min_uid, by name) that :func:`has_daemon`."""
     seen, out = set(), []
     for pw in sorted(pwd.getpwall() if accounts is None else accounts, key=lambda p: p.pw_name):
@@ -291,7 +291,7 @@ def cmd_status(args) -> int:
         if not users:
             if args.json:
                 print("[]")
-            print(f"rootless-gpu-admin status: no student (uid >= {bootstrap_mod.MIN_UID}) has a rootless Docker "
+            print(f"rootless-gpu-admin status: no student (uid >= {MIN_UID}) has a rootless Docker "
                   f"daemon here (no {RUN_USER_DIR}/UID/docker.sock, no ~/.config/docker/daemon.json); set one up "
                   "with 'rootless-gpu-admin bootstrap --user NAME', or name the users to check.\n" + STATUS_USAGE,
                   file=sys.stderr)

@@ -10,22 +10,8 @@ everywhere.  So this module does by hand what ``dockerd-rootless.sh`` plus
 systemd would do, as plain synchronous Python (stdlib only), usable from an
 admin CLI and from the spawner (in a worker thread).
 
-Layout per user (all decided here, nowhere else):
-
-* runtime dir ``/run/user/UID`` (0700, owned by the user) -- what
-  ``XDG_RUNTIME_DIR`` points to; dockerd puts its exec-root there.
-* socket ``/run/user/UID/docker.sock`` -- ``DOCKER_HOST=unix://...``.
-* pid file ``/run/user/UID/docker.pid`` -- written by dockerd itself (we
-  write it if it did not).  It holds the *host* pid of dockerd: rootlesskit
-  creates user/mount/net namespaces but no pid namespace.
-* rootlesskit pid file ``/run/user/UID/rootless-gpu-rootlesskit.pid`` --
-  the parent we started, so that stop can reap it too.
-* log file ``/run/user/UID/rootless-gpu-daemon.log`` -- stdout/stderr of
-  rootlesskit, the script and dockerd.  It lives in the runtime dir, not in
-  the home, because root can always write there (homes on NFS with
-  root_squash cannot be written by root), it is per boot just like the
-  socket, and it sits next to the socket an admin is debugging.  It is
-  truncated when it grows past ``LOG_MAX_BYTES``.
+The per-user layout (runtime dir, socket, pid files, log, lock) is spelled in
+:mod:`rootless_gpu_spawner.layout`, the one place that names those paths.
 
 Security rules (this code runs as root against user-controlled files):
 
@@ -60,13 +46,13 @@ import socket
 import stat
 import subprocess
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
 from .. import boundedjson
 from . import commands
 from .. import errors
 from . import safefs
+from ..layout import DAEMON_JSON_REL, RUN_USER_DIR, DaemonPaths, daemon_paths  # noqa: F401  (re-exported)
 from ..answers import is_rootless  # noqa: F401  (the one test of "not the rootful daemon", re-exported)
 from ..transport import CallGuard, GuardedSocket, SocketTarget
 from ..safetext import printable, printable_lines
@@ -140,37 +126,6 @@ class DaemonError(RuntimeError):
     it, because it ends up verbatim in the admin CLI and in the spawner's
     progress messages.
     """
-
-
-@dataclass(frozen=True)
-class DaemonPaths:
-    """Every path of one user's daemon, derived from the uid only."""
-
-    uid: int
-    runtime_dir: str
-    socket: str
-    pid_file: str
-    rootlesskit_pid_file: str
-    log_file: str
-    lock_file: str
-
-    @property
-    def docker_host(self) -> str:
-        return "unix://" + self.socket
-
-
-def daemon_paths(uid: int) -> DaemonPaths:
-    """Paths of *uid*'s daemon (see the module docstring for why there)."""
-    rd = f"/run/user/{int(uid)}"
-    return DaemonPaths(
-        uid=int(uid),
-        runtime_dir=rd,
-        socket=f"{rd}/docker.sock",
-        pid_file=f"{rd}/docker.pid",
-        rootlesskit_pid_file=f"{rd}/rootless-gpu-rootlesskit.pid",
-        log_file=f"{rd}/rootless-gpu-daemon.log",
-        lock_file=f"{rd}/rootless-gpu-daemon.lock",
-    )
 
 
 # --------------------------------------------------------------------------
@@ -310,7 +265,7 @@ def ensure_runtime_dir(pw: pwd.struct_passwd) -> str:
     :func:`safefs.hand_over`) and mode through the fd.
     """
     paths = daemon_paths(pw.pw_uid)
-    os.makedirs("/run/user", mode=0o755, exist_ok=True)
+    os.makedirs(RUN_USER_DIR, mode=0o755, exist_ok=True)
     try:
         os.mkdir(paths.runtime_dir, 0o700)
     except FileExistsError:
@@ -356,7 +311,7 @@ def merge_daemon_json(
     need this done as the user instead.  With *dry_run* nothing is created
     or written; the return value says whether it would be.
     """
-    with user_file(pw, ".config/docker/daemon.json", create=not dry_run) as found:
+    with user_file(pw, DAEMON_JSON_REL, create=not dry_run) as found:
         if found is None:
             return any(v for v in (registry_mirrors, insecure_registries))  # dry run: ~/.config/docker is missing
         dfd, name, shown = found

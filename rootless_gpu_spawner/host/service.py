@@ -33,13 +33,12 @@ from typing import Optional, Union
 from . import commands
 from . import daemonctl
 from ..accounts import SYSTEM_USERNAME
+from ..layout import DROPIN_REL, UNIT_REL  # noqa: F401  (re-exported)
 from .daemonctl import DaemonError
 
 SYSTEMD_MARKER = daemonctl.SYSTEMD_MARKER
 LINGER_DIR = "/var/lib/systemd/linger"
 UNIT = "docker.service"
-UNIT_REL = ".config/systemd/user/docker.service"
-DROPIN_REL = ".config/systemd/user/docker.service.d/override.conf"
 LOOPBACK_ENV = "DOCKERD_ROOTLESS_ROOTLESSKIT_DISABLE_HOST_LOOPBACK"
 
 Runner = commands.Runner
