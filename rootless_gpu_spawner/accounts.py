@@ -1,4 +1,10 @@
-"""Hub user -> the student's system account (uid, gid, home)."""
+"""Names -> accounts: the one resolver.
+
+:func:`login_account` is the one place a login name becomes a ``pwd`` entry (the admin CLI and
+the host's ``start_daemon_for`` call it directly); :func:`lookup_account` adds the hub's rules
+(``system_user`` mapping, ``min_uid``, an absolute home) and gives an :class:`Account`.  What
+crosses a boundary after that is the entry or the ``Account``, never the name again.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,27 @@ SYSTEM_USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
 class AccountError(RuntimeError):
     """The hub user has no usable system account. The message says why and what to do."""
+
+
+class InvalidLoginName(AccountError):
+    """The name cannot be a login name (it would end up in paths and a pwd lookup)."""
+
+
+class NoSuchLogin(AccountError):
+    """The name is valid but there is no such account."""
+
+
+def login_account(name, getpwnam=pwd.getpwnam):
+    """The ``pwd`` entry of login *name*; refuses a name that is not a valid login name."""
+    if not isinstance(name, str) or not SYSTEM_USERNAME.match(name):
+        raise InvalidLoginName(
+            f"{str(name)[:64]!r} is not a valid login name (lowercase letter or '_' first, then lowercase "
+            "letters, digits, '_', '.', '-'; at most 32 characters)"
+        )
+    try:
+        return getpwnam(name)
+    except KeyError:
+        raise NoSuchLogin(f"no such user {name!r}: create it first (useradd -m {name})") from None
 
 
 @dataclass(frozen=True)
@@ -42,15 +69,15 @@ def system_username(hub_username: str, mapping) -> str:
 
 def lookup_account(hub_username: str, name: str, min_uid: int, getpwnam=pwd.getpwnam) -> Account:
     """Find the system account, refusing names and uids a student cannot have."""
-    if not SYSTEM_USERNAME.match(name):
+    try:
+        entry = login_account(name, getpwnam)
+    except InvalidLoginName:
         raise AccountError(
             f"hub user {hub_username!r} maps to system name {name[:64]!r}, which is not a valid "
             "login name (lowercase letters, digits, '_', '.', '-'; at most 32). Ask the admin to "
             "rename the hub user or set RootlessGPUSpawner.system_user to map it to a real account."
-        )
-    try:
-        entry = getpwnam(name)
-    except KeyError:
+        ) from None
+    except NoSuchLogin:
         raise AccountError(
             f"there is no system account {name!r} for hub user {hub_username!r}. Ask the admin "
             f"to create it (useradd -m {name}) and run 'rootless-gpu-admin bootstrap --user {name}', "

@@ -29,7 +29,7 @@ from . import bootstrap as bootstrap_mod
 from ..host import daemonctl
 from . import checks as hostchecks
 from ..host import service
-from ..accounts import SYSTEM_USERNAME
+from ..accounts import SYSTEM_USERNAME, AccountError, login_account
 from ..layout import DAEMON_JSON_REL, MIN_UID, RUN_USER_DIR, SOCKET_NAME, UNIT_REL, runtime_dir
 from ..safetext import printable
 
@@ -40,22 +40,11 @@ class AdminError(RuntimeError):
     pass
 
 
-def _account(name: str) -> pwd.struct_passwd:
-    if not isinstance(name, str) or not SYSTEM_USERNAME.match(name):
-        raise AdminError(
-            f"{str(name)[:64]!r} is not a valid login name (lowercase letter or '_' first, then lowercase "
-            "letters, digits, '_', '.', '-'; at most 32 characters)"
-        )
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        raise AdminError(f"no such user {name!r}: create it first (useradd -m {name})") from None
-
-
 def _accounts(names) -> list[pwd.struct_passwd]:
+    """The accounts named on the command line, once each (accounts.login_account resolves)."""
     out, seen = [], set()
     for n in names or []:
-        pw = _account(n)
+        pw = login_account(n)
         if pw.pw_name not in seen:
             seen.add(pw.pw_name)
             out.append(pw)
@@ -212,7 +201,7 @@ def cmd_bootstrap(args) -> int:
 
 def cmd_start(args) -> int:
     _require_root("start-daemon")
-    pw = _account(args.name)
+    pw = login_account(args.name)
     daemonctl.check_tun(pw)
     daemonctl.check_subids(pw)
     pid = service.start_daemon_for(pw, args.timeout, gpu_stub_dir=args.gpu_stub_dir)
@@ -222,7 +211,7 @@ def cmd_start(args) -> int:
 
 def cmd_stop(args) -> int:
     _require_root("stop-daemon")
-    pw = _account(args.name)
+    pw = login_account(args.name)
     stopped = service.stop_daemon_for(pw, timeout=args.timeout)
     print(f"rootless Docker for {pw.pw_name} " + ("stopped" if stopped else "was not running"))
     return EXIT_OK
@@ -283,9 +272,9 @@ def format_status(st: dict) -> str:
 
 def cmd_status(args) -> int:
     if args.names:
-        users = [_account(n) for n in args.names]
+        users = [login_account(n) for n in args.names]
     elif os.geteuid() != 0:
-        users = [_account(_me())]  # a student checks their own daemon
+        users = [login_account(_me())]  # a student checks their own daemon
     else:
         users = students_with_daemons()
         if not users:
@@ -373,7 +362,7 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return args.func(args)
-    except (AdminError, daemonctl.DaemonError) as e:
+    except (AdminError, AccountError, daemonctl.DaemonError) as e:
         print(f"rootless-gpu-admin: {_shown(e, '  ')}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -32,7 +32,7 @@ from typing import Optional, Union
 
 from . import commands
 from . import daemonctl
-from ..accounts import SYSTEM_USERNAME
+from ..accounts import AccountError, login_account
 from ..layout import DROPIN_REL, UNIT_REL  # noqa: F401  (re-exported)
 from .daemonctl import DaemonError
 
@@ -124,12 +124,10 @@ def as_user_cmd(pw: pwd.struct_passwd, *cmd: str) -> list[str]:
 def _resolve(user: Union[str, pwd.struct_passwd]) -> pwd.struct_passwd:
     if isinstance(user, pwd.struct_passwd):
         return user
-    if not isinstance(user, str) or not SYSTEM_USERNAME.match(user):
-        raise DaemonError(f"{str(user)[:64]!r} is not a valid login name")
     try:
-        return pwd.getpwnam(user)
-    except KeyError:
-        raise DaemonError(f"no such user {user!r}") from None
+        return login_account(user)
+    except AccountError as e:
+        raise DaemonError(str(e)) from None
 
 
 def _wait_answering(pw: pwd.struct_passwd, deadline: float) -> int:
