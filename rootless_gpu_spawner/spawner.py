@@ -34,7 +34,7 @@ from .hub.admission import start_slot
 from .hub.images import InvalidImageReference, parse_image_reference
 from .hub import mirrors
 from .hub.progress import ProgressFeed, pull_message
-from .hub.pulls import ImageError, ensure_image
+from .hub.pulls import ImageError, PullAttempt, ensure_image
 from .errors import SpawnRefused
 from .safetext import printable
 from .host.workspace import WorkspaceError, ensure_workspace
@@ -638,11 +638,11 @@ class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
             return f"skipped: no answer from {host}:{port} within {self.mirror_probe_timeout:g} s"
         return None
 
-    def _pull_attempt(self, name, prefix, error):
+    def _pull_attempt(self, attempt: PullAttempt):
         # What the daemon reports about a mirror is the student's word: it shows on this
         # student's progress page only. Shared mirror health changes on the hub's own probe.
-        if error is not None:
-            self._progress.emit(None, f"{name}: {printable(error, 160)}")
+        if attempt.outcome != PullAttempt.PULLED:
+            self._progress.emit(None, f"{attempt.source}: {printable(attempt.reason, 160)}")
 
     def template_namespace(self):
         namespace = super().template_namespace()

@@ -285,8 +285,8 @@ class Bootstrapper:
             if any("--disable-host-loopback" in a for a in facts.rootlesskit.values()):
                 reasons.append("it runs with --disable-host-loopback")
             loaded = hostchecks.check_daemon_json(pw, facts)
-            if not loaded.ok and not reasons and "only at start" in loaded.detail:
-                reasons.append("it runs with an older daemon.json (" + loaded.detail.split(": it reads")[0] + ")")
+            if loaded.code == hostchecks.CODE_DAEMON_JSON_NOT_LOADED and not reasons:
+                reasons.append(f"it runs with an older daemon.json ({loaded.detail})")
             if gpu_stub_dir:
                 first = (hostchecks.process_path_env(st["pid"]) or "").split(":")[0]
                 if first != gpu_stub_dir:

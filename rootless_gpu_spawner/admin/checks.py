@@ -50,13 +50,24 @@ class Check:
     fix: Optional[str] = None
     scope: str = "host"  # "host" or the user's login name
     status: str = ""
+    #: What a caller branches on (bootstrap, tests), never the text: one of the ``CODE_*``
+    #: constants, "" for a finding nobody branches on.
+    code: str = ""
 
     def __post_init__(self) -> None:
         if not self.status:
             self.status = "pass" if self.ok else "fail"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["code"]:
+            del d["code"]
+        return d
+
+
+#: The daemon runs with other registry mirrors than its daemon.json lists (it reads the file
+#: only at start): a restart applies the file.
+CODE_DAEMON_JSON_NOT_LOADED = "daemon-json-not-loaded"
 
 
 def passed(name: str, detail: str, scope: str = "host") -> Check:
@@ -586,12 +597,14 @@ def check_daemon_json(pw: pwd.struct_passwd, facts: Optional[DaemonFacts] = None
         registry = facts.info.get("RegistryConfig")
         loaded = (registry.get("Mirrors") if isinstance(registry, dict) else None) or []
         if _norm_urls(loaded) != _norm_urls(mirrors):
-            return failed(
+            stale = failed(
                 name,
                 f"{shown} lists mirrors {mirrors} but the running daemon uses {loaded}: it reads the file only at start",
                 f"{ADMIN} stop-daemon {pw.pw_name} && {ADMIN} start-daemon {pw.pw_name}  (stops the user's running containers)",
                 pw.pw_name,
             )
+            stale.code = CODE_DAEMON_JSON_NOT_LOADED
+            return stale
     return passed(name, f"registry-mirrors {mirrors}{kept}", pw.pw_name)
 
 

@@ -21,10 +21,24 @@ class ImageError(RuntimeError):
 
 
 @dataclass
+class PullAttempt:
+    """One source tried for a pull: what happened is the ``outcome``, never parsed from ``reason``."""
+
+    PULLED = "pulled"
+    SKIPPED = "skipped"  # a mirror left out before asking the daemon (cooling down, unreachable)
+    FAILED = "failed"
+
+    source: str  # the reference pulled (a mirror's name for it, or the canonical one)
+    mirror: str | None  # the mirror prefix, None for the registry itself
+    outcome: str
+    reason: str | None = None  # why it was skipped or failed, for the student (printable)
+
+
+@dataclass
 class PullResult:
     image: str  # the local name to create the container from
     pulled_from: str | None = None  # None when the image was already present
-    attempts: list = field(default_factory=list)  # (reference, error or None)
+    attempts: list[PullAttempt] = field(default_factory=list)
 
 
 #: Bounds on one pull's progress stream (a real one has tens of layers and lines of ~200 bytes).
@@ -205,13 +219,17 @@ async def ensure_image(
             )
 
     result = PullResult(ref.familiar)
+
+    def attempted(attempt: PullAttempt) -> None:
+        result.attempts.append(attempt)
+        if on_attempt:
+            on_attempt(attempt)
+
     for prefix, candidate in sources:
         if prefix is not None and skip_mirror is not None:
             reason = await skip_mirror(prefix)
             if reason:
-                result.attempts.append((candidate.familiar, reason))
-                if on_attempt:
-                    on_attempt(candidate.familiar, prefix, reason)
+                attempted(PullAttempt(candidate.familiar, prefix, PullAttempt.SKIPPED, reason))
                 continue
         repository, tag = candidate.pull_args
         log.info("pulling %s for %s (as %s)", ref.familiar, account, candidate.familiar)
@@ -225,19 +243,15 @@ async def ensure_image(
                 raise
             reason = printable(e.explanation if isinstance(e, APIError) and e.explanation else str(e), 300)
             log.warning("pull of %s failed: %s", candidate.familiar, reason)
-            result.attempts.append((candidate.familiar, reason))
-            if on_attempt:
-                on_attempt(candidate.familiar, prefix, reason)
+            attempted(PullAttempt(candidate.familiar, prefix, PullAttempt.FAILED, reason))
             continue
-        result.attempts.append((candidate.familiar, None))
-        if on_attempt:
-            on_attempt(candidate.familiar, prefix, None)
+        attempted(PullAttempt(candidate.familiar, prefix, PullAttempt.PULLED))
         result.pulled_from = candidate.familiar
         if candidate != ref:
             result.image = await _adopt_canonical_name(conn, ref, candidate)
         return result
 
-    tried = "; ".join(f"{name}: {reason}" for name, reason in result.attempts)
+    tried = "; ".join(f"{a.source}: {a.reason}" for a in result.attempts)
     hint = (
         "check RootlessGPUSpawner.mirror_prefixes (a mirror may be down or not carry the image)"
         if ref.is_docker_hub
