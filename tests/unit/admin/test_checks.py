@@ -11,7 +11,7 @@ from rootless_gpu_spawner.admin import checks as hostchecks
 from rootless_gpu_spawner.host import nvidiaconf
 from rootless_gpu_spawner.admin.checks import DaemonFacts, HostPaths
 
-from test_admin_nvidiaconf import STOCK  # tests/unit is on sys.path (no package)
+from nvidia_stock import STOCK  # tests/unit is on sys.path (no package)
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown / mknod)")
 

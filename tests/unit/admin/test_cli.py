@@ -17,7 +17,7 @@ import pytest
 from rootless_gpu_spawner.admin import cli as admin
 from rootless_gpu_spawner.admin import checks as hostchecks
 
-from test_admin_nvidiaconf import STOCK  # tests/unit is on sys.path (no package)
+from nvidia_stock import STOCK  # tests/unit is on sys.path (no package)
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 BAD_NAMES = ["Alice", "-rf", "../etc", "a/b", "rgs fake", "", "x" * 40, "ålice", "1abc"]

@@ -19,7 +19,7 @@ from rootless_gpu_spawner.host import service
 from rootless_gpu_spawner.admin.bootstrap import Bootstrapper, BootstrapError
 from rootless_gpu_spawner.admin.checks import HostPaths
 
-from test_admin_nvidiaconf import STOCK  # tests/unit is on sys.path (no package)
+from nvidia_stock import STOCK  # tests/unit is on sys.path (no package)
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod / chown)")
 MIRROR = "http://10.0.2.2:5000"
