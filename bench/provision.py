@@ -20,7 +20,8 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from rootless_gpu_spawner.host import daemonctl
+from rootless_gpu_spawner.admin import checks
+from rootless_gpu_spawner.host import daemonctl, prereqs
 from rootless_gpu_spawner.host.workspace import ensure_workspace
 from tests import testbed
 
@@ -45,21 +46,11 @@ def ensure_tun() -> None:
 
 
 def _subid_total(path: str, pw: pwd.struct_passwd) -> int:
-    return sum(count for _, count in daemonctl._subid_ranges(path, pw))
+    return sum(count for _, count in prereqs.subid_ranges(path, pw))
 
 
 def _free_subid_start() -> int:
-    end = 100000
-    for path in ("/etc/subuid", "/etc/subgid"):
-        try:
-            with open(path) as f:
-                for line in f:
-                    parts = line.strip().split(":")
-                    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                        end = max(end, int(parts[1]) + int(parts[2]))
-        except FileNotFoundError:
-            pass
-    return end
+    return checks.free_subid_start(checks.HostPaths())  # the doctor's one answer
 
 
 def ensure_subids(pw: pwd.struct_passwd) -> None:

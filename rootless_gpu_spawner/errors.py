@@ -131,6 +131,18 @@ class LyingAnswer(BadAnswer):
     """The daemon contradicted what the hub itself set up (e.g. the published port)."""
 
 
+class HostError(RuntimeError):
+    """Something prevents a user's rootless daemon from working (the host side, as root:
+    start, stop, status, files, prerequisites).
+
+    The message always says what is wrong *and* what an admin can do about
+    it, because it ends up verbatim in the admin CLI and in the spawner's
+    progress messages.  Not a :class:`DaemonError` (what the hub's connection
+    raises): host code that catches its own errors never swallows a transport
+    refusal.  ``host.daemonctl.DaemonError`` is this class.
+    """
+
+
 # ---- the one mapping to what the student sees -----------------------------
 
 

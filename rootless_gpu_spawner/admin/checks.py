@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Optional
 
 from .. import boundedjson
-from ..host import daemonctl
+from ..host import daemonctl, prereqs
 from ..host import nvidiaconf
 from ..host import service
 from ..host.daemonctl import DaemonError
@@ -377,17 +377,8 @@ def host_checks(paths: HostPaths, users: Iterable[pwd.struct_passwd] = (), which
 # ----------------------------------------------------------------- subordinate ids
 
 
-def subid_ranges(path: str, pw: pwd.struct_passwd) -> list[tuple[int, int]]:
-    return daemonctl._subid_ranges(path, pw)
-
-
-def _all_ranges(path: str) -> list[tuple[str, int, int]]:
-    out = []
-    for line in (_read(path) or "").splitlines():
-        b = line.strip().split(":")
-        if len(b) == 3 and b[1].isdigit() and b[2].isdigit():
-            out.append((b[0], int(b[1]), int(b[2])))
-    return out
+subid_ranges = prereqs.subid_ranges  # the one parser of /etc/subuid and /etc/subgid
+_all_ranges = prereqs.subid_entries
 
 
 def free_subid_start(paths: HostPaths) -> int:

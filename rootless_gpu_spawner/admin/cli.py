@@ -132,7 +132,6 @@ def _insecure(value: str) -> str:
     return value
 
 
-_STEP_MARK = {(True, False): "done", (True, True): "changed", (False, False): "FAILED", (False, True): "FAILED"}
 
 
 def format_steps(steps: list, dry_run: bool) -> str:

@@ -35,7 +35,6 @@ import contextlib
 import errno
 import fcntl
 import functools
-import grp
 import http.client
 import json
 import os
@@ -46,12 +45,20 @@ import socket
 import stat
 import subprocess
 import time
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 from .. import boundedjson
 from . import commands
 from .. import errors
 from . import safefs
+from .prereqs import (  # noqa: F401  (re-exported: daemonctl.check_tun etc. as before)
+    CONTRIB_DIRS, EXTRA_BIN_DIRS, MIN_SUBIDS, _search_dirs, check_subids, check_tun, find_binaries, find_binary,
+    subid_entries, subid_ranges,
+)
+from .procs import (  # noqa: F401  (re-exported)
+    DAEMON_COMMS, _POLL, _alive, _all_pids, _belongs_to_daemon, _daemon_procs, _find_procs, _owned_pid, _proc_comm,
+    _proc_is_zombie, _proc_uid, _proc_userns, _reap, _signal_all, _signal_verified, _wait_gone,
+)
 from ..layout import DAEMON_JSON_REL, RUN_USER_DIR, DaemonPaths, daemon_paths  # noqa: F401  (re-exported)
 from ..answers import is_rootless  # noqa: F401  (the one test of "not the rootful daemon", re-exported)
 from ..transport import CallGuard, GuardedSocket, SocketTarget
@@ -78,29 +85,7 @@ __all__ = [
     "CONTRIB_DIRS",
 ]
 
-#: Where Debian/Ubuntu (docker.io) and upstream packages put dockerd-rootless.sh.
-CONTRIB_DIRS = ("/usr/share/docker.io/contrib", "/usr/share/docker/contrib")
-#: Searched in addition to $PATH: admins often run us with a reduced PATH.
-EXTRA_BIN_DIRS = ("/usr/sbin", *CONTRIB_DIRS, "/usr/bin", "/usr/local/bin", "/usr/local/sbin", "/sbin", "/bin")
-#: A daemon with fewer subordinate ids cannot unpack ordinary images (they
-#: contain files owned by uid 65534 'nobody' and friends).
-MIN_SUBIDS = 65536
 LOG_MAX_BYTES = 8 * 1024 * 1024
-#: Command names (``/proc/PID/comm``, at most 15 chars) that belong to a
-#: rootless dockerd when run by the user's uid.  Deliberately not generic
-#: container tools (slirp4netns, runc, conmon): the student may run podman
-#: too.  Those, and rootlesskit's child (``/proc/self/exe``, shown as
-#: ``exe``), are only matched through the daemon's user namespace.
-DAEMON_COMMS = frozenset(
-    {
-        "rootlesskit",
-        "dockerd",
-        "dockerd-rootles",  # dockerd-rootless.sh before it execs dockerd (cut at 15)
-        "containerd",
-        "containerd-shim",  # also containerd-shim-runc-v2, comm is cut at 15 chars
-        "docker-proxy",
-    }
-)
 #: How rootlesskit runs dockerd-rootless.sh: what the script itself does,
 #: minus ``--disable-host-loopback`` (hard-coded in Debian's 20.10 script),
 #: so containers reach the hub on the host's loopback as 10.0.2.2.  Also
@@ -116,16 +101,10 @@ ROOTLESSKIT_FLAGS = (
     "--propagation=rslave",
 )
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_POLL = 0.2
 
 
-class DaemonError(RuntimeError):
-    """Something prevents a user's rootless daemon from working.
-
-    The message always says what is wrong *and* what an admin can do about
-    it, because it ends up verbatim in the admin CLI and in the spawner's
-    progress messages.
-    """
+#: The host side's error (root-side start/stop/status, files, prerequisites): errors.HostError.
+DaemonError = errors.HostError
 
 
 # --------------------------------------------------------------------------
@@ -357,129 +336,6 @@ def _merged(old: dict, registry_mirrors: Optional[list[str]], insecure_registrie
 
 
 # --------------------------------------------------------------------------
-# Preconditions
-# --------------------------------------------------------------------------
-
-
-def _user_gids(pw: pwd.struct_passwd) -> set[int]:
-    gids = {pw.pw_gid}
-    try:
-        gids.update(g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem)
-    except OSError:
-        pass
-    return gids
-
-
-def check_tun(pw: pwd.struct_passwd, path: str = "/dev/net/tun") -> None:
-    """slirp4netns opens /dev/net/tun as the user; check the user may.
-
-    It is 0666 on ordinary distributions but 0600 on some minimal VMs and
-    containers; we only diagnose, changing device modes is the admin's call.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DaemonError(
-            f"{path} does not exist; rootless networking (slirp4netns) needs the tun device: "
-            f"load the module (modprobe tun) or create it (mknod {path} c 10 200 && chmod 666 {path})."
-        ) from None
-    if not stat.S_ISCHR(st.st_mode):
-        raise DaemonError(f"{path} is not a character device; recreate it: mknod {path} c 10 200 && chmod 666 {path}")
-    m = stat.S_IMODE(st.st_mode)
-    ok = (m & 0o006) == 0o006
-    ok = ok or (st.st_uid == pw.pw_uid and (m & 0o600) == 0o600)
-    ok = ok or (st.st_gid in _user_gids(pw) and (m & 0o060) == 0o060)
-    if not ok:
-        raise DaemonError(
-            f"{path} (mode {oct(m)}, owner {st.st_uid}:{st.st_gid}) is not read/writable by {pw.pw_name}; "
-            f"slirp4netns needs it. Fix as root: chmod 666 {path} (the default on ordinary distributions)."
-        )
-
-
-def _subid_ranges(path: str, pw: pwd.struct_passwd) -> list[tuple[int, int]]:
-    out = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                bits = line.strip().split(":")
-                if len(bits) != 3 or bits[0] not in (pw.pw_name, str(pw.pw_uid)):
-                    continue
-                try:
-                    out.append((int(bits[1]), int(bits[2])))
-                except ValueError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return out
-
-
-def check_subids(pw: pwd.struct_passwd) -> None:
-    """rootlesskit maps the user's subordinate uid/gid ranges into the
-    daemon's user namespace (via setuid newuidmap); without them image
-    layers with other owners cannot be unpacked."""
-    for path, kind in (("/etc/subuid", "uids"), ("/etc/subgid", "gids")):
-        total = sum(c for _, c in _subid_ranges(path, pw))
-        if total < MIN_SUBIDS:
-            start = 100000 + pw.pw_uid * MIN_SUBIDS  # only a suggestion
-            raise DaemonError(
-                f"{pw.pw_name} has {total} subordinate {kind} in {path}, needs at least {MIN_SUBIDS}; "
-                f"add a free range as root, e.g. usermod --add-subuids {start}-{start + MIN_SUBIDS - 1} "
-                f"--add-subgids {start}-{start + MIN_SUBIDS - 1} {pw.pw_name} (check it overlaps no other user)."
-            )
-
-
-def _search_dirs() -> list[str]:
-    dirs = [d for d in os.environ.get("PATH", "").split(":") if d]
-    for d in EXTRA_BIN_DIRS:
-        if d not in dirs:
-            dirs.append(d)
-    return dirs
-
-
-def _which(name: str, dirs: list[str]) -> Optional[str]:
-    for d in dirs:
-        p = os.path.join(d, name)
-        if os.path.isfile(p) and os.access(p, os.X_OK):
-            return p
-    return None
-
-
-def find_binary(name: str) -> Optional[str]:
-    """Path of an executable *name* on $PATH or the usual system/contrib dirs."""
-    return _which(name, _search_dirs())
-
-
-def find_binaries() -> dict[str, str]:
-    """Locate what a rootless daemon needs; DaemonError names the package.
-
-    Debian keeps dockerd in /usr/sbin and the script in a contrib dir that is
-    never on PATH, hence the extra search dirs.
-    """
-    dirs = _search_dirs()
-    need = {
-        "rootlesskit": "rootlesskit (Debian package 'rootlesskit')",
-        "dockerd-rootless.sh": "dockerd-rootless.sh (Debian package 'docker.io', in /usr/share/docker.io/contrib)",
-        "dockerd": "dockerd (Debian package 'docker.io')",
-        "slirp4netns": "slirp4netns (Debian package 'slirp4netns')",
-        "newuidmap": "newuidmap (Debian package 'uidmap')",
-        "newgidmap": "newgidmap (Debian package 'uidmap')",
-    }
-    found, missing = {}, []
-    for name, hint in need.items():
-        p = _which(name, dirs)
-        if p is None:
-            missing.append(hint)
-        else:
-            found[name] = p
-    if missing:
-        raise DaemonError("not found: " + "; ".join(missing) + ". Install them (apt-get install docker.io rootlesskit slirp4netns uidmap).")
-    for name in ("newuidmap", "newgidmap"):
-        if not os.stat(found[name]).st_mode & stat.S_ISUID:
-            raise DaemonError(f"{found[name]} is not setuid root; reinstall package 'uidmap' (or chmod u+s {found[name]}).")
-    return found
-
-
-# --------------------------------------------------------------------------
 # Talking to the daemon
 # --------------------------------------------------------------------------
 
@@ -549,159 +405,6 @@ def ping(socket_path: str, timeout: float = 2.0, *, uid: Optional[int] = None) -
     except ASK_ERRORS:
         return False
     return status == 200 and body.strip() == b"OK"
-
-
-# --------------------------------------------------------------------------
-# Processes
-# --------------------------------------------------------------------------
-
-
-def _proc_uid(pid: int) -> Optional[int]:
-    """Real uid of *pid* as the host sees it, None if gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _proc_comm(pid: int) -> Optional[str]:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def _proc_is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _proc_userns(pid: int) -> Optional[str]:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/user")
-    except OSError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}") and not _proc_is_zombie(pid)
-
-
-def _owned_pid(pid: Optional[int], uid: int, comms: Iterable[str]) -> Optional[int]:
-    """*pid* if it is alive, runs as *uid* and has one of *comms*; else None."""
-    if not pid or not _alive(pid):
-        return None
-    if _proc_uid(pid) != uid:
-        return None
-    return pid if _proc_comm(pid) in set(comms) else None
-
-
-def _all_pids() -> list[int]:
-    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-
-
-def _find_procs(uid: int, comms: Iterable[str]) -> list[int]:
-    comms = set(comms)
-    return [p for p in _all_pids() if _proc_uid(p) == uid and _proc_comm(p) in comms and not _proc_is_zombie(p)]
-
-
-def _reap(pids: Iterable[int]) -> None:
-    """Collect our own children so they do not linger as zombies."""
-    for p in pids:
-        try:
-            os.waitpid(p, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        except OSError:
-            pass
-
-
-def _belongs_to_daemon(pid: int, uid: int, userns: set[str]) -> bool:
-    """*pid* is in the daemon's user namespace, or runs as *uid* with a daemon command name."""
-    ns = _proc_userns(pid)
-    if ns and ns in userns:
-        return True
-    return _proc_uid(pid) == uid and _proc_comm(pid) in DAEMON_COMMS
-
-
-def _daemon_procs(uid: int, userns: set[str]) -> list[int]:
-    """Processes that belong to *uid*'s daemon: known command names run by
-    the uid, plus anything (also container processes running as subuids) in
-    the daemon's user namespace.  User logins (ssh, cron) of the same uid are
-    in the initial namespace and not matched, so they survive a stop."""
-    me = os.getpid()
-    return [p for p in _all_pids() if p != me and not _proc_is_zombie(p) and _belongs_to_daemon(p, uid, userns)]
-
-
-def _signal_verified(pid: int, sig: int, check: Callable[[int], bool]) -> bool:
-    """Send *sig* to *pid* only if *check(pid)* holds for the very process signalled.
-
-    ``pidfd_open`` pins the process first; *check* then reads ``/proc/PID``
-    (uid, command name, namespace) while the pidfd holds it; the signal goes
-    through the pidfd, so if that process exited meanwhile (and its pid was
-    handed to another process) it reaches nobody (ESRCH), never the new one.
-    Without pidfds (kernel before 5.3) it falls back to check + ``os.kill``,
-    where a pid reused in between could still be hit: PIDFD_FALLBACK says so.
-    """
-    if not hasattr(os, "pidfd_open"):
-        return _signal_checked_by_number(pid, sig, check)
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except OSError as e:
-        if e.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
-            raise
-        return _signal_checked_by_number(pid, sig, check)
-    try:
-        if not check(pid):
-            return False
-        signal.pidfd_send_signal(pidfd, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    finally:
-        os.close(pidfd)
-
-
-#: Set once pidfds were found missing; then signals go by number after the check.
-PIDFD_FALLBACK = False
-
-
-def _signal_checked_by_number(pid: int, sig: int, check: Callable[[int], bool]) -> bool:
-    global PIDFD_FALLBACK
-    PIDFD_FALLBACK = True
-    if not check(pid):
-        return False
-    try:
-        os.kill(pid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def _signal_all(pids: Iterable[int], sig: int, check: Optional[Callable[[int], bool]] = None) -> int:
-    """Signal each pid that (still) passes *check* (default: alive); how many were signalled."""
-    check = check or _alive
-    return sum(_signal_verified(p, sig, check) for p in pids)
-
-
-def _wait_gone(pids: Iterable[int], deadline: float) -> list[int]:
-    pids = list(pids)
-    while True:
-        _reap(pids)
-        left = [p for p in pids if _alive(p)]
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(_POLL)
 
 
 # --------------------------------------------------------------------------

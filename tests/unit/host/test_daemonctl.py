@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from rootless_gpu_spawner.host import daemonctl
+from rootless_gpu_spawner.host import daemonctl, prereqs, procs
 from rootless_gpu_spawner.host.daemonctl import DaemonError
 
 
@@ -159,7 +159,7 @@ def test_ping_missing_socket(tmp_path):
 
 
 def test_check_subids_message(pw, monkeypatch):
-    monkeypatch.setattr(daemonctl, "_subid_ranges", lambda path, pw: [])
+    monkeypatch.setattr(prereqs, "subid_ranges", lambda path, pw: [])
     with pytest.raises(DaemonError, match="usermod --add-subuids"):
         daemonctl.check_subids(pw)
 
@@ -218,9 +218,9 @@ def test_without_pidfd_it_falls_back_to_check_then_kill(child, monkeypatch, no_k
         raise OSError(errno.ENOSYS, "pidfd_open not implemented")
 
     monkeypatch.setattr(os, "pidfd_open", no_pidfd)
-    monkeypatch.setattr(daemonctl, "PIDFD_FALLBACK", False)
+    monkeypatch.setattr(procs, "PIDFD_FALLBACK", False)
     assert daemonctl._signal_all([child.pid], signal.SIGTERM, lambda pid: True) == 1
-    assert no_kill_by_number == [(child.pid, signal.SIGTERM)] and daemonctl.PIDFD_FALLBACK
+    assert no_kill_by_number == [(child.pid, signal.SIGTERM)] and procs.PIDFD_FALLBACK
 
 
 # ---------------------------------------------------------------- issue 10 #1: never in the caller's cgroup on systemd
