@@ -18,8 +18,16 @@ so a line inside one is never taken for a table header.  When ``tomllib``
 is available (Python >= 3.11) the result is checked to parse to exactly the
 old document plus that one value, otherwise the edit is refused.
 
-Pure text functions: no file access here (see bootstrap.py for the atomic
-write with a ``.bak`` copy).
+Why hand-written and not tomlkit: tomlkit keeps comments, but it treats the
+stock ``#no-cgroups = false`` line as a comment it cannot turn into the key;
+setting the key adds a second ``no-cgroups = true`` line at the end of the
+table and leaves the commented default above it, which reads as two
+contradicting settings to an admin.  The edit here uncomments that default
+line in place (what the toolkit's own documentation tells admins to do) and
+reports its line number.  ``tomllib`` (stdlib) still checks the result.
+
+Pure text functions: no file access here (see admin/bootstrap.py for the
+atomic write with a ``.bak`` copy).
 """
 
 from __future__ import annotations
