@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from dockerspawner import DockerSpawner
@@ -34,6 +33,7 @@ from .hub.admission import start_slot
 from .hub.images import InvalidImageReference, parse_image_reference
 from .hub import mirrors
 from .hub.progress import ProgressFeed, pull_message
+from .hub.readiness import wait_until_answering
 from .hub.pulls import ImageError, PullAttempt, ensure_image
 from .errors import SpawnRefused
 from .safetext import printable
@@ -604,29 +604,8 @@ class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
             raise
 
     async def _wait_until_listening(self, ip, port):
-        """Return as soon as the server answers HTTP at all (any status).
-
-        The hub then finds it up at its first check instead of after an
-        exponential back-off step, and the admission slot is held exactly
-        while the server is starting. Bounded by ``http_timeout``; on timeout
-        the hub's own wait reports the usual error.
-        """
-        from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-
         base_url = getattr(getattr(self, "server", None), "base_url", None) or "/"
-        url = f"http://{ip}:{port}{base_url}api"
-        client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.http_timeout
-        while time.monotonic() < deadline:
-            try:
-                await client.fetch(url, connect_timeout=1, request_timeout=2, follow_redirects=False)
-                return
-            except HTTPClientError as e:
-                if e.code != 599:
-                    return  # an HTTP answer, even 403 or 302: the server is up
-            except (OSError, ConnectionError):
-                pass
-            await asyncio.sleep(0.05)
+        await wait_until_answering(f"http://{ip}:{port}{base_url}api", self.http_timeout)
 
     async def _skip_mirror(self, prefix):
         """Why a mirror is left out now (cooling down after a failure, or unreachable), or None."""
