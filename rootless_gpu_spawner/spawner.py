@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 from dockerspawner import DockerSpawner
 from docker.errors import APIError
@@ -11,45 +10,33 @@ from docker.types import HostConfig
 from traitlets import Int, List, Unicode, default, validate
 
 from . import answers
-from .hub import daemon as daemons
+from .accounts import Account
 from .config import SpawnerConfig
-from .accounts import Account, AccountError, lookup_account, system_username
+from .errors import SpawnRefused
+from .safetext import printable
+from .host.workspace import WorkspaceError, ensure_workspace
+from .hub import gpu_alloc, mirrors
+from .hub.admission import start_slot
+from .hub.connecting import DaemonLink
 from .hub.container import (
     build_container_request, check_container_port, is_port_clash, pick_host_port, rewrite_hub_urls,
     server_args,
 )
-from .hub.daemon import BadAnswer, DaemonError, DaemonNotRunning, LyingAnswer, render_docker_host, socket_target
-from .hub import gpu_alloc
-from .hub.gpu_alloc import GPURequestError, InventoryUnknown, NoFreeGPU
-from .hub.gpus import (
-    detect_device_mode,
-    device_requests,
-    gpu_driver_error_message,
-    is_gpu_driver_error,
-)
-from .hub.options_form import FormChoices, needs_form, parse_form, render_form
-from .hub.user_options import GPUPolicy, student_gpu_limit, validate_user_options
-from .hub.admission import start_slot
-from .hub.images import InvalidImageReference, parse_image_reference
-from .hub import mirrors
+from .hub.daemon import BadAnswer, DaemonError, DaemonNotRunning, LyingAnswer
+from .hub.gpu_holding import GPUHolding
+from .hub.gpus import device_requests, gpu_driver_error_message, is_gpu_driver_error
 from .hub.progress import ProgressFeed, pull_message
-from .hub.readiness import wait_until_answering
 from .hub.pulls import ImageError, PullAttempt, ensure_image
-from .errors import SpawnRefused
-from .safetext import printable
-from .host.workspace import WorkspaceError, ensure_workspace
+from .hub.readiness import wait_until_answering
+from .hub.spawn_options import SpawnOptions
 
 LABEL_PREFIX = "org.rootless-gpu-spawner"
 PORT_ATTEMPTS = 5  # container create+start tries when the host port is taken meanwhile
-#: Daemon starts (start_daemon_if_down) run here, never on the default executor that
-#: account lookups use: a start that hangs can only hold these threads.
-_daemon_starts = ThreadPoolExecutor(4, thread_name_prefix="rgs-daemon-start")
-_starting: dict[str, asyncio.Future] = {}  # account -> the one start in flight
 # system account -> hub users with a server on it (see allow_shared_accounts)
 _account_users: dict[str, set] = {}
 
 
-class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
+class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, SpawnerConfig):
     """Start each user's server in a container on that user's own rootless Docker daemon."""
 
     @classmethod
@@ -162,116 +149,7 @@ class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
                 return True
         return False
 
-    def _release_gpus(self):
-        if self._gpus_kept:
-            # Still in use as far as the hub can see: the allocator keeps them for this
-            # server's key (its next start gets them back; nobody else does).
-            self._gpus_kept = False
-            self.gpu_assignment = []
-            return
-        if self.gpu_assignment or self.gpu_policy == "exclusive":
-            allocator = gpu_alloc.existing_allocator()
-            released = allocator.release(self._user_key()) if allocator else []
-            if released:
-                self.log.info("GPUs %s of %s released", ",".join(released), self._log_name)
-        self.gpu_assignment = []
-
-    # DockerSpawner calls self.client / self.executor / self.docker(); point them
-    # at this student's daemon instead of the class-wide client.
-    @property
-    def client(self):
-        client = self._connection.client if self._connection is not None else None
-        if client is None:
-            raise SpawnRefused(503, f"not connected to {self._account_name}'s rootless Docker")
-        return client
-
-    @property
-    def executor(self):
-        return self._connection.executor
-
-    async def docker(self, method, *args, **kwargs):
-        """A call on this student's daemon; a failing daemon becomes a clear refusal."""
-        if self._connection is None:
-            raise SpawnRefused(503, f"not connected to {self._account_name}'s rootless Docker")
-        try:
-            return await self._connection.call(method, *args, **kwargs)
-        except BadAnswer as e:
-            raise SpawnRefused.from_daemon(e.for_account(self._account_name, f"answering {method}")) from None
-        except DaemonError as e:
-            raise SpawnRefused.from_daemon(e) from None
-
-    @property
-    def _account_name(self) -> str:
-        return self.account.name if self.account else self.user.name
-
-    # ---- connecting -----------------------------------------------------------------------
-
-    async def resolve_account(self) -> Account:
-        hub_name = self.user.name
-        try:
-            name = system_username(hub_name, self.system_user)
-            # pwd may ask LDAP/NSS: keep it off the event loop.
-            account = await asyncio.to_thread(lookup_account, hub_name, name, self.min_uid)
-        except AccountError as e:
-            raise SpawnRefused(403, str(e)) from None
-        self.account = account
-        return account
-
-    async def connect(
-        self, docker_host: str | None = None, check_rootless: bool = True, may_start: bool = False
-    ):
-        """Verify and connect to the student's daemon (``docker_host`` from state when given).
-
-        With ``may_start`` and ``start_daemon_if_down``, a daemon that is not
-        running is started once (the same code as ``rootless-gpu-admin start-daemon``).
-        """
-        account = self.account or await self.resolve_account()
-        if not docker_host:
-            try:
-                docker_host = render_docker_host(
-                    self.docker_host_template, account.uid, account.name, account.home
-                )
-            except ValueError as e:
-                raise SpawnRefused(500, str(e)) from None
-        try:
-            conn = await self._open_connection(account, docker_host)
-        except SpawnRefused as e:
-            if not (may_start and self.start_daemon_if_down and isinstance(e.cause, DaemonNotRunning)):
-                raise
-            await self._start_daemon(account, reason=str(e))
-            conn = await self._open_connection(account, docker_host)
-        if self._connection is not None and self._connection is not conn:
-            daemons.pool.release(self._connection.target, self._user_key())
-        self._connection = conn
-        self.docker_host = docker_host
-        if check_rootless:
-            await self._check_rootless(account, docker_host)
-        return conn
-
-    async def _open_connection(self, account: Account, docker_host: str):
-        """The pooled, peer-verified connection (every new socket is checked, see transport.py)."""
-        try:
-            target = socket_target(docker_host, account.uid, account.name)
-        except ValueError as e:
-            raise SpawnRefused(500, str(e)) from None
-        try:
-            return await daemons.pool.connect(target, docker_host, self.docker_api_timeout, self._user_key())
-        except BadAnswer as e:
-            raise SpawnRefused.from_daemon(e.for_account(account.name, "connecting")) from None
-        except DaemonError as e:
-            raise SpawnRefused.from_daemon(e) from None
-
-    async def _start_daemon(self, account: Account, reason: str):
-        """Start the student's daemon once, however many spawns ask at the same time."""
-        pending = _starting.get(account.name)
-        if pending is None:
-            self.log.warning("starting rootless Docker for %s (%s)", account.name, printable(reason, 300))
-            loop = asyncio.get_running_loop()
-            pending = loop.run_in_executor(_daemon_starts, self._start_daemon_blocking, account.name)
-            _starting[account.name] = pending
-            pending.add_done_callback(lambda _f: _starting.pop(account.name, None))
-        pid = await asyncio.shield(pending)
-        self.log.info("rootless Docker for %s started (pid %s)", account.name, pid)
+    # ---- the one call into host/: starting a stopped daemon -------------------------
 
     def _start_daemon_blocking(self, name: str):
         from .host import daemonctl
@@ -286,58 +164,7 @@ class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
                 f"{printable(e, 400)}"
             ) from None
 
-    async def _device_mode(self) -> str:
-        if self.gpu_device_mode != "auto":
-            return self.gpu_device_mode
-        if not self._cdi_enabled:
-            return "nvidia"
-        # Only the well-known spec dirs on the hub's host, never a path the daemon named.
-        return await asyncio.to_thread(detect_device_mode, True)
-
-    async def _check_rootless(self, account: Account, docker_host: str):
-        info = await self.docker("info")
-        try:
-            rootless = answers.is_rootless(info)
-            self._cdi_enabled = answers.cdi_enabled(info)
-        except BadAnswer as e:
-            raise SpawnRefused.from_daemon(e.for_account(account.name, "answering docker info")) from None
-        if rootless:
-            return
-        if self.allow_rootful_daemon:
-            self.log.warning(
-                "daemon %s for %s is not rootless; allowed by allow_rootful_daemon",
-                docker_host,
-                account.name,
-            )
-            return
-        raise SpawnRefused(
-            403,
-            f"the Docker daemon at {docker_host} for {account.name} is not running in rootless "
-            "mode (docker info shows no 'rootless' security option): a container there would "
-            f"have root on the host. Ask the admin to set up rootless Docker for {account.name} "
-            "('rootless-gpu-admin bootstrap'); RootlessGPUSpawner.allow_rootful_daemon exists "
-            "only for single-user test machines.",
-        )
-
-    def _disconnect(self):
-        if self._connection is not None:
-            daemons.pool.release(self._connection.target, self._user_key())
-            self._connection = None
-
-    # ---- user options ---------------------------------------------------------------------
-
-    def gpu_limit(self):
-        """This student's GPU limit: the largest of their groups' limits, else max_gpus_per_user."""
-        groups = [getattr(g, "name", g) for g in (getattr(self.user, "groups", None) or [])]
-        return student_gpu_limit(groups, self.group_gpu_limits, self.max_gpus_per_user)
-
-    def gpu_settings(self) -> GPUPolicy:
-        return GPUPolicy(self.gpu_policy, self.gpus, self.gpu_limit(), list(self.gpu_ids))
-
-    def validated_user_options(self, options=None) -> dict:
-        """Check ``user_options`` (form or REST API); HTTP 400 on anything wrong."""
-        options = self.user_options if options is None else options
-        return validate_user_options(options, self.gpu_settings(), self._get_allowed_images())
+    # ---- options: hooks JupyterHub reads ---------------------------------------------
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
@@ -348,22 +175,6 @@ class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
         # refused request, so the hook only declares them handled.
         return lambda spawner, user_options: None
 
-    def default_gpu_request(self):
-        return self.gpu_settings().default_request
-
-    async def _resolve_image(self, requested: str | None):
-        image = self.image
-        if requested:
-            # DockerSpawner's allow-list check (raises HTTP 400), then our grammar.
-            image = await self.check_allowed(requested)
-        try:
-            return parse_image_reference(image)
-        except InvalidImageReference as e:
-            status = 400 if requested else 500
-            raise SpawnRefused(status, str(e)) from None
-
-    # ---- options form ------------------------------------------------------------------------
-
     @default("options_form")
     def _default_options_form(self):
         return lambda spawner: spawner.render_options_form()
@@ -371,52 +182,6 @@ class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
     @default("options_from_form")
     def _default_options_from_form(self):
         return lambda formdata: self.options_from_formdata(formdata)
-
-    def _image_choices(self) -> dict:
-        allowed = self._get_allowed_images()
-        return {} if allowed == "*" else dict(allowed or {})
-
-    async def form_choices(self) -> FormChoices:
-        gpus, free = [], []
-        if self.gpu_policy == "exclusive":
-            allocator = await self._allocator_with_inventory()
-            free = allocator.free()
-            gpus = await asyncio.to_thread(gpu_alloc.gpu_details, allocator.inventory)
-            limit = self.gpu_limit()
-            held = allocator.held_by_user(self.user.name)
-            max_count = min(len(free), (limit - held) if limit is not None else len(free))
-            allow_all = False
-        else:
-            ceiling = self.gpus
-            limit = self.gpu_limit()
-            known = len(self.gpu_ids)
-            if ceiling == "all":
-                max_count = known if limit is None else (min(limit, known) if known else limit)
-            else:
-                max_count = ceiling if isinstance(ceiling, int) else len(ceiling)
-                if limit is not None:
-                    max_count = min(max_count, limit)
-            allow_all = ceiling == "all" and limit is None
-        return FormChoices(
-            images=self._image_choices(),
-            default_image=self.image,
-            gpu_policy=self.gpu_policy,
-            max_count=max(0, max_count),
-            default_gpus=self.default_gpu_request(),
-            allow_all=allow_all,
-            gpus=gpus,
-            free=free,
-        )
-
-    async def render_options_form(self) -> str:
-        choices = await self.form_choices()
-        return render_form(choices) if needs_form(choices) else ""
-
-    def options_from_formdata(self, formdata) -> dict:
-        """The form's answer, checked by the same validation as REST API ``user_options``."""
-        options = parse_form(formdata, self._image_choices())
-        self.validated_user_options(options)
-        return options
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -478,25 +243,6 @@ class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
                 f"{printable(e.explanation or e, 300)}. If this repeats, ask the admin to check "
                 f"{account.name}'s daemon ('rootless-gpu-admin doctor --user {account.name}').",
             ) from None
-
-    async def _allocator_with_inventory(self):
-        try:
-            return await gpu_alloc.allocator_with_inventory(self.gpu_ids)
-        except InventoryUnknown as e:
-            raise SpawnRefused(500, str(e)) from None
-
-    async def _allocate_gpus(self, request):
-        allocator = await self._allocator_with_inventory()
-        try:
-            ids = allocator.allocate(self._user_key(), request, limit=self.gpu_limit())
-        except GPURequestError as e:
-            raise SpawnRefused(400, str(e)) from None
-        except NoFreeGPU as e:
-            raise SpawnRefused(409, str(e)) from None
-        self.gpu_assignment = ids
-        if ids:
-            self.log.info("GPUs %s assigned to %s", ",".join(ids), self._log_name)
-        return ids or 0
 
     async def _start_container(self, ref, options, gpus, account, workspace):
         if options.get("image"):
@@ -776,16 +522,6 @@ class RootlessGPUSpawner(DockerSpawner, SpawnerConfig):
             return True
         writer.close()
         return False
-
-    async def _settle_gpus(self):
-        """Keep a server's GPUs held while its server still answers, whatever its daemon says."""
-        if self.gpu_assignment and not await self._server_gone():
-            self._gpus_kept = True
-            self.log.warning(
-                "GPUs %s of %s stay held: its server still answers on %s:%s",
-                ",".join(self.gpu_assignment), self._log_name, self.host_ip, self.host_port,
-            )
-
 
 def _gpus_label(gpus) -> str:
     if isinstance(gpus, list):
