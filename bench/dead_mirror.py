@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 import requests
 from docker.errors import APIError, NotFound
-from tests import testbed
+from testkit import testbed
 from .analysis import attach_phases
 from .common import BenchError, Clients, DEAD_MIRROR, GATEWAY, MIRROR_IMAGE, REGISTRY_FROM_DAEMON, log, median
 from .hubs import BenchHub, ours_config, run_hub

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 import requests
-from tests.integration.hub import Hub
+from testkit.hub import Hub
 from .common import ABORT, BenchError, Clients, IMAGE, READY_TIMEOUT, REGISTRY_FROM_DAEMON, REPO_ROOT, STOP_TIMEOUT, container_timeline, finish_parallel, log, parallel, remove_all_containers, socket_url, start_parallel
 from .machine import OURS_EXTRA_CONFIG
 from . import snapshot

@@ -3,7 +3,7 @@
 Users ``rgsbench-01`` .. ``rgsbench-NN``: each gets subordinate ids, ``~/workspace``,
 ``~/.config/docker/daemon.json`` listing the local registry (10.0.2.2:5000) as insecure,
 a rootless dockerd started without systemd (``daemonctl.start_daemon``), and the lab image
-imported from the same tarball as the testbed's (``tests.testbed.ensure_image``). Users,
+imported from the same tarball as the testbed's (``testkit.testbed.ensure_image``). Users,
 homes and images are kept between runs, so a second run only starts the daemons; nothing
 is ever deleted from a home. ``stop_daemons`` stops them again at the end.
 
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from rootless_gpu_spawner.admin import checks
 from rootless_gpu_spawner.host import daemonctl, prereqs
 from rootless_gpu_spawner.host.workspace import ensure_workspace
-from tests import testbed
+from testkit import testbed
 
 PREFIX = "rgsbench-"
 IMAGE = testbed.LOCAL_IMAGE  # rgs-test/jupyterlab:latest, imported from the lab tarball

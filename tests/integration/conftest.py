@@ -9,7 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from .hub import Hub
+from testkit.hub import Hub
 
 TESTBED_JSON = Path("/run/rootless-gpu-spawner-testbed/testbed.json")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"

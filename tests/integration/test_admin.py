@@ -36,8 +36,8 @@ from rootless_gpu_spawner.admin import cli as admin
 from rootless_gpu_spawner.host import daemonctl
 from rootless_gpu_spawner.admin import checks as hostchecks
 
-from ..testbed import IMPORT_CHANGES
-from .hub import Hub
+from testkit.testbed import IMPORT_CHANGES
+from testkit.hub import Hub
 
 TUN = "/dev/net/tun"
 DOCKER = "/usr/bin/docker"

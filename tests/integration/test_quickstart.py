@@ -32,7 +32,7 @@ import requests
 from rootless_gpu_spawner.host import daemonctl
 
 from .conftest import ARTIFACTS
-from .hub import free_port
+from testkit.hub import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Bounds, not measurements: image import into two fresh daemons, then a hub start.

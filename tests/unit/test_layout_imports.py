@@ -81,3 +81,22 @@ def test_imports_follow_the_direction(module, path, is_pkg):
         if theirs == mine:
             continue
         assert theirs in ALLOWED[mine], f"{module} ({mine}) imports {target} ({theirs})"
+
+
+def test_the_admin_cli_loads_no_hub_module():
+    """admin -> host -> core: running the CLI imports nothing of hub/ (nor the spawner)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rootless_gpu_spawner.admin.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith(('rootless_gpu_spawner.hub', 'rootless_gpu_spawner.spawner'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(PKG.parent))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_face_still_gives_the_spawner():
+    import rootless_gpu_spawner
+    from rootless_gpu_spawner.spawner import RootlessGPUSpawner
+
+    assert rootless_gpu_spawner.RootlessGPUSpawner is RootlessGPUSpawner

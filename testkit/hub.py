@@ -1,4 +1,4 @@
-"""A real JupyterHub (with configurable-http-proxy) for the integration tests.
+"""A real JupyterHub (with configurable-http-proxy) for the integration tests and the benchmark.
 
 Everything listens on 127.0.0.1 only.  The spawner is loaded by its entry
 point name, as an admin would configure it.
