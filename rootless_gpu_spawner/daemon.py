@@ -1,33 +1,55 @@
 """Connections to students' rootless Docker daemons.
 
-Each daemon gets its own Docker client and its own small thread pool, so a
-slow pull on one student's daemon never delays a call to another's (stock
-DockerSpawner runs every call of every user on one shared thread).  Nothing
-here reads ``DOCKER_HOST`` or falls back to ``/var/run/docker.sock``: the only
-daemon a student's server may run on is the one the template names.
+Each daemon gets its own Docker client and a fixed set of threads, so a slow
+or hostile daemon only ever holds its own student's threads (stock
+DockerSpawner runs every user's calls on one shared thread).  Every
+connection is peer-verified and every call is bounded (:mod:`.transport`);
+whatever goes wrong comes out as a typed :class:`DaemonError`.  Nothing here
+reads ``DOCKER_HOST``, falls back to ``/var/run/docker.sock``, or sends root's
+Docker credentials or proxy settings to a student's daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import stat
+import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 import docker
-from docker.errors import DockerException
+import requests
+from docker.auth import AuthConfig
+from docker.errors import APIError, DockerException
+from docker.utils.proxy import ProxyConfig
+
+from .daemon_errors import (  # noqa: F401  (re-exported: the hub's one import for daemon errors)
+    AnswerTooLarge,
+    BadAnswer,
+    DaemonError,
+    DaemonNotRunning,
+    DaemonUnreachable,
+    DeadlineExceeded,
+    LyingAnswer,
+    PeerMismatch,
+    UnsafeSocket,
+    UnusableAnswer,
+)
+from .safetext import printable
+from .transport import MAX_ANSWER_BYTES, CallGuard, PeerVerifiedAdapter, SocketTarget
 
 log = logging.getLogger(__name__)
 
 # Threads per daemon: enough that a long pull does not hold up the same
-# student's poll or stop, small enough that 100 students stay cheap.
+# student's poll or stop, small enough that 100 students stay cheap.  They
+# live as long as the daemon's entry in the pool, across reconnects.
 THREADS_PER_DAEMON = 4
-
-
-class DaemonError(RuntimeError):
-    """The student's daemon cannot be used; the message names the student, the path and the fix."""
+#: API versions the hub speaks (docker-py's range); the daemon's own is used when inside it.
+MIN_API, MAX_API = (1, 24), (1, 45)
+_API_VERSION = re.compile(r"^1\.(\d{1,3})$")
+#: What a buggy or hostile answer raises inside docker-py or our own parsing.
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError, UnicodeError)
 
 
 def render_docker_host(template: str, uid: int, username: str, home: str) -> str:
@@ -42,154 +64,226 @@ def render_docker_host(template: str, uid: int, username: str, home: str) -> str
 
 
 def socket_path(docker_host: str) -> str | None:
-    """The filesystem path of a ``unix://`` docker host, else None."""
+    """The filesystem path of a ``unix://`` docker host; None for ``tcp://``-style hosts."""
     parsed = urlparse(docker_host)
     if parsed.scheme == "unix":
         return parsed.path
     if parsed.scheme in ("tcp", "http", "https"):
         return None
     raise ValueError(
-        f"docker host {docker_host!r}: only unix:// (and tcp:// for remote daemons) are supported "
+        f"docker host {docker_host!r}: only unix:// sockets are supported "
         "by RootlessGPUSpawner.docker_host_template"
     )
 
 
+def socket_target(docker_host: str, uid: int, account: str) -> SocketTarget:
+    """The verified target for a student's docker host; only ``unix://`` can be verified."""
+    path = socket_path(docker_host)
+    if path is None:
+        raise ValueError(
+            f"RootlessGPUSpawner.docker_host_template gives {docker_host!r} for {account}: a "
+            "tcp:// daemon cannot prove whose it is (anyone on the host can listen on a port). "
+            "Use the student's unix socket, e.g. 'unix:///run/user/{uid}/docker.sock'."
+        )
+    return SocketTarget(path, uid, account)
+
+
 def verify_socket(path: str, uid: int, account: str) -> str:
-    """Check the socket before trusting it; return the resolved path to connect to.
+    """Check a socket path without connecting (doctor-style); return it. Raises DaemonError."""
+    SocketTarget(path, uid, account).open(timeout=5.0).close()
+    return path
 
-    The check is made on the resolved path, so a symlink planted at the
-    expected location that points at somebody else's socket is refused.
+
+def negotiate_version(answer) -> str:
+    """The API version to speak, from the daemon's ``/version`` answer (checked, clamped)."""
+    text = answer.get("ApiVersion") if isinstance(answer, dict) else None
+    match = _API_VERSION.match(text) if isinstance(text, str) else None
+    if not match:
+        raise UnusableAnswer(f"/version has no valid ApiVersion: {printable(text, 40)}")
+    minor = min(max(int(match.group(1)), MIN_API[1]), MAX_API[1])
+    return f"1.{minor}"
+
+
+def build_client(target: SocketTarget, timeout: float) -> docker.APIClient:
+    """A docker-py client that connects only through the peer-verified adapter.
+
+    No network I/O: the version is set by :meth:`DaemonConnection._ensure_client`.
+    Root's ``~/.docker/config.json`` (credentials, proxies, headers) is dropped.
     """
-    resolved = os.path.realpath(path)
-    try:
-        st = os.stat(resolved, follow_symlinks=False)
-    except FileNotFoundError:
-        raise DaemonError(
-            f"rootless Docker is not running for {account}: no socket at {path}. "
-            f"Ask the admin to run 'rootless-gpu-admin bootstrap --user {account}', or start it "
-            f"('rootless-gpu-admin start-daemon {account}' or, as {account}, "
-            "'systemctl --user start docker')."
-        ) from None
-    except PermissionError as e:
-        raise DaemonError(f"cannot inspect the Docker socket for {account} at {path}: {e}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise DaemonError(
-            f"{path} (for {account}) is not a socket: a stale file is in the way of the rootless "
-            f"Docker daemon. Ask the admin to remove it and start {account}'s daemon again."
-        )
-    if st.st_uid != uid:
-        owner = _owner_name(st.st_uid)
-        where = f"{path} -> {resolved}" if resolved != path else path
-        raise DaemonError(
-            f"the Docker socket for {account} ({where}) is owned by {owner} (uid {st.st_uid}), "
-            f"not by {account} (uid {uid}): refusing to start a server on somebody else's daemon. "
-            f"Ask the admin to check RootlessGPUSpawner.docker_host_template and {account}'s "
-            "rootless Docker setup."
-        )
-    return resolved
-
-
-def _owner_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
+    client = docker.APIClient(
+        base_url="unix://" + target.path, version=".".join(map(str, MIN_API)), timeout=timeout
+    )
+    client.mount("http+docker://", PeerVerifiedAdapter(target, timeout, THREADS_PER_DAEMON))
+    client._auth_configs = AuthConfig({})
+    client._general_configs = {}
+    client._proxy_configs = ProxyConfig()
+    return client
 
 
 class DaemonConnection:
-    """One Docker client and thread pool for one daemon, shared by its servers."""
+    """One Docker client and thread set for one daemon, shared by its servers."""
 
-    def __init__(self, docker_host: str, timeout: float):
+    def __init__(self, target: SocketTarget, docker_host: str, timeout: float):
+        self.target = target
         self.docker_host = docker_host
         self.timeout = timeout
-        self.executor = ThreadPoolExecutor(
-            THREADS_PER_DAEMON, thread_name_prefix=f"docker-{_short(docker_host)}"
-        )
+        self.executor = ThreadPoolExecutor(THREADS_PER_DAEMON, thread_name_prefix=f"docker-{target.uid}")
         self.client: docker.APIClient | None = None
+        self.api_version = ".".join(map(str, MIN_API))  # set on the first connection
         self.users: set = set()
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._closing = False
 
-    def _connect(self):
-        # version="auto" asks the daemon for its API version: network I/O,
-        # so this runs on the daemon's own thread, never on the event loop.
-        self.client = docker.APIClient(base_url=self.docker_host, version="auto", timeout=self.timeout)
-        return self.client
+    # ---- calls ------------------------------------------------------------
 
     async def call(self, method: str, *args, **kwargs):
-        """Run ``client.<method>(...)`` on this daemon's threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, _invoke, self.client, method, args, kwargs)
+        """``client.<method>(...)`` on this daemon's threads, under the call deadline and size cap."""
+        return await self.run(_invoke, method, args, kwargs)
 
-    async def run(self, func, *args):
-        """Run a blocking function (e.g. draining a pull stream) on this daemon's threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, func, *args)
+    async def run(self, func, *args, seconds: float | None = None, max_bytes: int | None = MAX_ANSWER_BYTES):
+        """Run ``func(client, *args)`` on this daemon's threads, guarded.
 
-    def close(self):
-        if self.client is not None:
+        ``seconds`` is the wall-clock deadline (default: the connection's
+        timeout); ``max_bytes`` caps what may be read (None for a stream
+        whose consumer bounds itself, such as a pull).
+        """
+        with self._lock:
+            self._inflight += 1
+        future = self.executor.submit(self._guarded, seconds or self.timeout, max_bytes, func, args)
+        future.add_done_callback(lambda _f: self._call_done())
+        return await asyncio.wrap_future(future)
+
+    def _guarded(self, seconds, max_bytes, func, args):
+        with CallGuard(seconds, max_bytes) as guard:
             try:
-                self.client.close()
+                return func(self._ensure_client(), *args)
+            except (DaemonError, APIError) as e:
+                if guard.violation is not None:
+                    raise self._failed(guard.violation) from None
+                raise e if isinstance(e, APIError) else self._failed(e)
+            except Exception as e:
+                typed = self._classify(e, guard)
+                if typed is None:
+                    raise  # the caller's own error (e.g. a pull failure the stream reported)
+                raise self._failed(typed) from None
+
+    def _classify(self, error: Exception, guard: CallGuard) -> DaemonError | None:
+        if guard.violation is not None:
+            return guard.violation
+        if is_connection_error(error):
+            return DaemonUnreachable(self.target.account, self.docker_host, error)
+        if isinstance(error, _MALFORMED):
+            log.info("unusable answer from %s: %s", self.docker_host, printable(repr(error), 300))
+            return UnusableAnswer(type(error).__name__)
+        return None
+
+    def _failed(self, error: DaemonError) -> DaemonError:
+        # After any failure the pooled sockets may be mid-answer or lying: start afresh.
+        self.reset()
+        return error
+
+    def _ensure_client(self) -> docker.APIClient:
+        client = self.client
+        if client is None:
+            client = build_client(self.target, self.timeout)
+            client._version = self.api_version = negotiate_version(client.version(api_version=False))
+            self.client = client
+        return client
+
+    # ---- lifetime -----------------------------------------------------------
+
+    def reset(self) -> None:
+        """Drop the client and its sockets; the next call reconnects (and re-verifies)."""
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.close()
             except Exception:  # closing is best effort
                 log.debug("error closing docker client for %s", self.docker_host, exc_info=True)
+
+    def _call_done(self):
+        with self._lock:
+            self._inflight -= 1
+            finish = self._closing and self._inflight == 0
+        if finish:
+            self._shutdown()
+
+    def close(self):
+        """Close now if idle; else once the calls still running have ended (their deadlines bound it)."""
+        with self._lock:
+            self._closing = True
+            finish = self._inflight == 0
+        if finish:
+            self._shutdown()
+
+    def _shutdown(self):
+        self.reset()
         self.executor.shutdown(wait=False)
+
+    def reopen(self) -> bool:
+        """Take a closing connection back into use; False once it has shut down."""
+        with self._lock:
+            if self._closing and self._inflight == 0:
+                return False
+            self._closing = False
+            return True
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
 
 
 def _invoke(client, method, args, kwargs):
     return getattr(client, method)(*args, **kwargs)
 
 
-def _short(docker_host: str) -> str:
-    parts = [p for p in docker_host.replace(":", "/").split("/") if p]
-    return "-".join(parts[-2:])[-32:]
-
-
 class DaemonPool:
-    """Connections keyed by docker host; closed when the last server using one lets go."""
+    """Connections keyed by the verified target (path and uid); one per daemon."""
 
     def __init__(self):
-        self._connections: dict[str, DaemonConnection] = {}
-        self._connecting: dict[str, asyncio.Future] = {}
+        self._connections: dict[SocketTarget, DaemonConnection] = {}
+        self._connecting: dict[SocketTarget, asyncio.Future] = {}
 
-    def get_cached(self, docker_host: str) -> DaemonConnection | None:
-        return self._connections.get(docker_host)
-
-    async def connect(self, docker_host: str, timeout: float, user_key) -> DaemonConnection:
-        conn = self._connections.get(docker_host)
+    async def connect(self, target: SocketTarget, docker_host: str, timeout: float, user_key) -> DaemonConnection:
+        conn = self._connections.get(target)
+        if conn is not None and not conn.reopen():
+            del self._connections[target]
+            conn = None
         if conn is None:
-            pending = self._connecting.get(docker_host)
+            pending = self._connecting.get(target)
             if pending is None:
-                pending = asyncio.ensure_future(self._open(docker_host, timeout))
-                self._connecting[docker_host] = pending
-                pending.add_done_callback(lambda _f: self._connecting.pop(docker_host, None))
+                pending = asyncio.ensure_future(self._open(target, docker_host, timeout))
+                self._connecting[target] = pending
+                pending.add_done_callback(lambda _f: self._connecting.pop(target, None))
             conn = await asyncio.shield(pending)
         conn.users.add(user_key)
         return conn
 
-    async def _open(self, docker_host: str, timeout: float) -> DaemonConnection:
-        conn = DaemonConnection(docker_host, timeout)
+    async def _open(self, target: SocketTarget, docker_host: str, timeout: float) -> DaemonConnection:
+        conn = DaemonConnection(target, docker_host, timeout)
         try:
-            await conn.run(conn._connect)
-        except Exception:
+            await conn.run(lambda client: None)  # connect, verify the peer, negotiate the version
+        except BaseException:
             conn.close()
             raise
-        self._connections[docker_host] = conn
+        self._connections[target] = conn
         return conn
 
-    def release(self, docker_host: str, user_key) -> None:
-        conn = self._connections.get(docker_host)
+    def release(self, target: SocketTarget, user_key) -> None:
+        conn = self._connections.get(target)
         if conn is None:
             return
         conn.users.discard(user_key)
         if not conn.users:
-            del self._connections[docker_host]
+            # Kept while calls still run: a reconnect takes the same threads back (reopen),
+            # so one daemon never has more than THREADS_PER_DAEMON threads.
             conn.close()
+            if conn.inflight == 0:
+                del self._connections[target]
 
-    def discard(self, docker_host: str) -> None:
-        """Forget a connection whose daemon went away (it will be re-opened on next use)."""
-        conn = self._connections.pop(docker_host, None)
-        if conn is not None:
-            conn.close()
+    def get(self, target: SocketTarget) -> DaemonConnection | None:
+        return self._connections.get(target)
 
     def __len__(self):
         return len(self._connections)
@@ -198,25 +292,11 @@ class DaemonPool:
 pool = DaemonPool()
 
 
-def daemon_unreachable(account: str, docker_host: str, error: Exception) -> DaemonError:
-    return DaemonError(
-        f"rootless Docker for {account} does not answer at {docker_host} ({_brief(error)}). "
-        f"It may have stopped: ask the admin to run 'rootless-gpu-admin start-daemon {account}' "
-        "(or 'rootless-gpu-admin doctor' to see why)."
-    )
-
-
-def _brief(error: Exception) -> str:
-    text = str(error) or type(error).__name__
-    return text if len(text) < 200 else text[:197] + "..."
-
-
 def is_connection_error(error: Exception) -> bool:
-    import requests
-
+    if isinstance(error, DaemonError):
+        return not isinstance(error, BadAnswer)
     if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return True
-    if isinstance(error, DockerException) and not isinstance(error, docker.errors.APIError):
-        # docker-py raises DockerException("Error while fetching server API version") on connect.
+    if isinstance(error, DockerException) and not isinstance(error, APIError):
         return True
     return isinstance(error, (ConnectionError, TimeoutError, FileNotFoundError))

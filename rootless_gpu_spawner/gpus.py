@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from docker.types import DeviceRequest
@@ -67,7 +68,6 @@ def normalize_gpus(value):
     )
 
 
-DEVICE_MODES = ("auto", "nvidia", "cdi")
 CDI_KIND = "nvidia.com/gpu"
 
 
@@ -98,22 +98,41 @@ def device_requests(gpus, mode: str = "nvidia") -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=list(gpus), capabilities=[["gpu"]])]
 
 
-def detect_device_mode(info: dict, exists=None) -> str:
-    """``cdi`` when the daemon has CDI spec dirs holding an NVIDIA spec, else ``nvidia``.
+#: Where CDI specs live on a host (Docker's and nvidia-ctk's defaults). Only these are
+#: looked at: what a daemon reports as ``CDISpecDirs`` is never used as a path.
+CDI_SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
+_MAX_SPEC_ENTRIES = 1000
 
-    Docker 25+ reports ``CDISpecDirs`` in ``docker info`` when CDI is enabled;
-    a spec for ``nvidia.com/gpu`` is a file named ``nvidia*.yaml``/``.json``
-    there (what ``nvidia-ctk cdi generate`` writes).  Docker 20.10-24 has no
-    CDI, so the classic hook is the only choice there.
+
+def detect_device_mode(cdi_enabled: bool, spec_dirs=CDI_SPEC_DIRS) -> str:
+    """``cdi`` when the daemon has CDI on and the host has an NVIDIA CDI spec, else ``nvidia``.
+
+    Docker 25+ reports ``CDISpecDirs`` in ``docker info`` when CDI is enabled
+    (the caller passes only that yes/no); a spec for ``nvidia.com/gpu`` is a
+    file named ``nvidia*.yaml``/``.json`` (what ``nvidia-ctk cdi generate``
+    writes) in one of the host's fixed spec dirs.  Blocking (a directory
+    listing): call it off the event loop.  Docker 20.10-24 has no CDI.
     """
-    import glob
-    import os
-
-    exists = exists or (lambda d: glob.glob(os.path.join(d, "nvidia*.yaml")) + glob.glob(os.path.join(d, "nvidia*.json")))
-    for directory in info.get("CDISpecDirs") or []:
-        if exists(directory):
+    if not cdi_enabled:
+        return "nvidia"
+    for directory in spec_dirs:
+        if _has_nvidia_spec(directory):
             return "cdi"
     return "nvidia"
+
+
+def _has_nvidia_spec(directory: str) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            for count, entry in enumerate(entries):
+                if count >= _MAX_SPEC_ENTRIES:
+                    break
+                name = entry.name
+                if name.startswith("nvidia") and name.endswith((".yaml", ".json")):
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def describe_gpus(gpus) -> str:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
 from docker.errors import APIError, NotFound
 
 from .daemon import is_connection_error
+from .daemon_errors import AnswerTooLarge, DaemonError
 from .images import ImageRef, pull_candidates
+from .safetext import printable
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +27,19 @@ class PullResult:
     attempts: list = field(default_factory=list)  # (reference, error or None)
 
 
+#: Bounds on one pull's progress stream (a real one has tens of layers and lines of ~200 bytes).
+MAX_PULL_LAYERS = 1000
+MAX_STREAM_LINE = 2**20
+MAX_LAYER_BYTES = 2**50
+
+
 class PullProgress:
     """Per-layer byte counts from a pull stream, summed into one figure.
 
     Layers report "Downloading" with current/total bytes, then "Download
     complete" / "Pull complete"; a layer already present reports "Already
-    exists" and counts as done without bytes.
+    exists" and counts as done without bytes.  A stream announcing more than
+    ``MAX_PULL_LAYERS`` layers is cut off: it is not a real image.
     """
 
     def __init__(self):
@@ -41,12 +51,16 @@ class PullProgress:
     def feed(self, chunk: dict) -> bool:
         """Account for one stream message; True when the figures changed."""
         layer, status = chunk.get("id"), chunk.get("status", "")
-        if not layer or status not in self.LAYER_STATUSES:
+        if not isinstance(layer, str) or not layer or status not in self.LAYER_STATUSES:
             return False  # "Pulling from …", "Digest: …", "Status: …"
-        entry = self.layers.setdefault(layer, [0, 0, False])
-        detail = chunk.get("progressDetail") or {}
-        if status == "Downloading" and detail.get("total"):
-            entry[0], entry[1] = detail.get("current", 0), detail["total"]
+        if layer not in self.layers and len(self.layers) >= MAX_PULL_LAYERS:
+            raise AnswerTooLarge(f"reported more than {MAX_PULL_LAYERS} layers in one pull")
+        entry = self.layers.setdefault(layer[:80], [0, 0, False])
+        detail = chunk.get("progressDetail")
+        detail = detail if isinstance(detail, dict) else {}
+        total, current = _byte_count(detail.get("total")), _byte_count(detail.get("current"))
+        if status == "Downloading" and total:
+            entry[0], entry[1] = min(current, total), total
         elif status in ("Download complete", "Pull complete", "Already exists"):
             if entry[1]:
                 entry[0] = entry[1]
@@ -74,22 +88,71 @@ class PullProgress:
         return sum(1.0 if e[2] else (e[0] / e[1] if e[1] else 0.0) for e in todo) / len(todo)
 
 
+def _byte_count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return min(value, MAX_LAYER_BYTES)
+
+
+def stream_messages(read1, max_line: int = MAX_STREAM_LINE):
+    """JSON objects from a newline-delimited stream, one line at most ``max_line`` bytes.
+
+    ``read1(n)`` returns what has arrived (b"" at the end).  A line that is
+    not a JSON object is skipped; one that is too long ends the stream with
+    :class:`AnswerTooLarge`, so memory stays bounded whatever the daemon sends.
+    """
+    buffer = b""
+    while True:
+        data = read1(65536)
+        if not data:
+            break
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        if len(buffer) > max_line:
+            raise AnswerTooLarge(f"sent a pull progress line larger than {max_line // 2**20} MiB")
+        for line in lines:
+            message = _json_object(line)
+            if message is not None:
+                yield message
+    message = _json_object(buffer)
+    if message is not None:
+        yield message
+
+
+def _json_object(line: bytes):
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _drain_pull(client, repository: str, tag: str, on_progress=None) -> None:
     """Run a streamed pull to the end, raising on an error reported mid-stream.
 
     The Engine API answers 200 and reports most pull failures (manifest
     unknown, unauthorized, network) inside the JSON stream. Runs on the
-    daemon's thread; ``on_progress(PullProgress)`` must be thread-safe.
+    daemon's thread under the pull's deadline; no credentials are sent
+    (root's Docker config is never used for a student's daemon).
+    ``on_progress(PullProgress)`` must be thread-safe.
     """
-    progress = PullProgress()
-    for chunk in client.pull(repository, tag=tag, stream=True, decode=True):
-        if not isinstance(chunk, dict):
-            continue
-        if chunk.get("error") or chunk.get("errorDetail"):
-            detail = chunk.get("errorDetail") or {}
-            raise ImageError(chunk.get("error") or detail.get("message") or str(chunk))
-        if progress.feed(chunk) and on_progress is not None:
-            on_progress(progress)
+    params = {"fromImage": repository, "tag": tag}
+    response = client._post(client._url("/images/create"), params=params, stream=True)
+    try:
+        client._raise_for_status(response)
+        progress = PullProgress()
+        for chunk in stream_messages(response.raw.read1):
+            if chunk.get("error") or chunk.get("errorDetail"):
+                detail = chunk.get("errorDetail")
+                detail = detail.get("message") if isinstance(detail, dict) else detail
+                raise ImageError(printable(chunk.get("error") or detail or "pull failed", 300))
+            if progress.feed(chunk) and on_progress is not None:
+                on_progress(progress)
+    finally:
+        response.close()
 
 
 async def _present(conn, names) -> str | None:
@@ -113,6 +176,7 @@ async def ensure_image(
     skip_mirror=None,
     on_attempt=None,
     on_progress=None,
+    pull_timeout: float = 3600.0,
 ) -> PullResult:
     """Make ``ref`` available on the daemon behind ``conn``; return the local name to use.
 
@@ -153,11 +217,13 @@ async def ensure_image(
         log.info("pulling %s for %s (as %s)", ref.familiar, account, candidate.familiar)
         report = (lambda p, name=candidate.familiar: on_progress(name, p)) if on_progress else None
         try:
-            await conn.run(_drain_pull, conn.client, repository, tag, report)
+            await conn.run(_drain_pull, repository, tag, report, seconds=pull_timeout, max_bytes=None)
+        except DaemonError:
+            raise  # the daemon itself failed (gone, too slow, too much, a lie): no next source helps
         except Exception as e:  # one failed source: note it and try the next
             if is_connection_error(e):
                 raise
-            reason = e.explanation if isinstance(e, APIError) and e.explanation else str(e)
+            reason = printable(e.explanation if isinstance(e, APIError) and e.explanation else str(e), 300)
             log.warning("pull of %s failed: %s", candidate.familiar, reason)
             result.attempts.append((candidate.familiar, reason))
             if on_attempt:

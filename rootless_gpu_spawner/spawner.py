@@ -5,22 +5,24 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from dockerspawner import DockerSpawner
 from docker.errors import APIError
+from docker.types import HostConfig
 from tornado import web
 from traitlets import (
     Any, Bool, CaselessStrEnum, Callable, Dict, Float, Int, List, Unicode, Union, default, validate,
 )
 
+from . import answers
 from . import daemon as daemons
 from .accounts import Account, AccountError, lookup_account, system_username
 from .container import (
     build_container_request, check_container_port, is_port_clash, pick_host_port, rewrite_hub_urls,
     server_args,
 )
-from .daemon import DaemonError, is_connection_error, render_docker_host
-from .daemonctl import is_rootless
+from .daemon import BadAnswer, DaemonError, DaemonNotRunning, LyingAnswer, render_docker_host, socket_target
 from . import gpu_alloc
 from .gpu_alloc import GPURequestError, InventoryUnknown, NoFreeGPU
 from .gpus import (
@@ -38,10 +40,15 @@ from .images import InvalidImageReference, normalize_mirror_prefix, parse_image_
 from . import mirrors
 from .progress import ProgressFeed, pull_message
 from .pulls import ImageError, ensure_image
+from .safetext import printable
 from .workspace import WorkspaceError, ensure_workspace
 
 LABEL_PREFIX = "org.rootless-gpu-spawner"
 PORT_ATTEMPTS = 5  # container create+start tries when the host port is taken meanwhile
+#: Daemon starts (start_daemon_if_down) run here, never on the default executor that
+#: account lookups use: a start that hangs can only hold these threads.
+_daemon_starts = ThreadPoolExecutor(4, thread_name_prefix="rgs-daemon-start")
+_starting: dict[str, asyncio.Future] = {}  # account -> the one start in flight
 # system account -> hub users with a server on it (see allow_shared_accounts)
 _account_users: dict[str, set] = {}
 
@@ -53,9 +60,14 @@ class SpawnRefused(web.HTTPError):
     REST API errors instead of a generic "Internal Server Error".
     """
 
-    def __init__(self, status_code: int, message: str):
+    def __init__(self, status_code: int, message: str, cause: Exception | None = None):
         super().__init__(status_code, message.replace("%", "%%"))
         self.jupyterhub_message = message
+        self.cause = cause  # the typed error behind it (e.g. a DaemonError), for callers to branch on
+
+    @classmethod
+    def from_daemon(cls, error: DaemonError) -> "SpawnRefused":
+        return cls(error.status, str(error), cause=error)
 
     def __str__(self):
         return self.jupyterhub_message
@@ -151,10 +163,23 @@ class RootlessGPUSpawner(DockerSpawner):
         60.0,
         config=True,
         help="""
-        Seconds to wait for one answer from a student's daemon before giving up
-        with an error (a daemon that never answers must not hang the spawn)::
+        Seconds one call to a student's daemon may take, all of it (a wall-clock
+        deadline, not a per-read timeout: a daemon that answers a byte a minute
+        is cut off too). Pulls have their own ``image_pull_timeout``::
 
             c.RootlessGPUSpawner.docker_api_timeout = 60
+        """,
+    )
+
+    image_pull_timeout = Float(
+        3600.0,
+        config=True,
+        help="""
+        Seconds one image pull may take on a student's daemon, all of it; a
+        pull still running then fails with a clear message (the next spawn
+        resumes the layers already downloaded)::
+
+            c.RootlessGPUSpawner.image_pull_timeout = 3600
         """,
     )
 
@@ -416,7 +441,9 @@ class RootlessGPUSpawner(DockerSpawner):
     docker_host = Unicode("")  # the daemon this server's container lives on (persisted)
     gpu_assignment = List()  # GPUs held under the exclusive policy (persisted)
     _connection = None
-    _daemon_info: dict = {}
+    _cdi_enabled = False
+    _gpus_kept = False
+    host_port = Int(0)  # the 127.0.0.1 port the hub chose for this server (persisted)
     _progress: ProgressFeed | None = None
 
     def _user_key(self):
@@ -425,6 +452,7 @@ class RootlessGPUSpawner(DockerSpawner):
     def load_state(self, state):
         super().load_state(state)
         self.docker_host = state.get("docker_host", "")
+        self.host_port = int(state.get("host_port") or 0)
         if state.get("account"):
             _account_users.setdefault(state["account"], set()).add(self.user.name)
         self.gpu_assignment = list(state.get("gpu_ids") or [])
@@ -437,6 +465,8 @@ class RootlessGPUSpawner(DockerSpawner):
         state = super().get_state()
         if self.object_id and self.docker_host:
             state["docker_host"] = self.docker_host
+            if self.host_port:
+                state["host_port"] = self.host_port
             if self.account:
                 state["account"] = self.account.name
         if self.object_id and self.gpu_assignment:
@@ -446,6 +476,7 @@ class RootlessGPUSpawner(DockerSpawner):
     def clear_state(self):
         super().clear_state()
         self.docker_host = ""
+        self.host_port = 0
         self._release_gpus()
         self._release_account()
 
@@ -478,6 +509,12 @@ class RootlessGPUSpawner(DockerSpawner):
         return False
 
     def _release_gpus(self):
+        if self._gpus_kept:
+            # Still in use as far as the hub can see: the allocator keeps them for this
+            # server's key (its next start gets them back; nobody else does).
+            self._gpus_kept = False
+            self.gpu_assignment = []
+            return
         if self.gpu_assignment or self.gpu_policy == "exclusive":
             allocator = gpu_alloc.existing_allocator()
             released = allocator.release(self._user_key()) if allocator else []
@@ -489,16 +526,29 @@ class RootlessGPUSpawner(DockerSpawner):
     # at this student's daemon instead of the class-wide client.
     @property
     def client(self):
-        if self._connection is None or self._connection.client is None:
-            raise RuntimeError("not connected to the student's daemon yet")
-        return self._connection.client
+        client = self._connection.client if self._connection is not None else None
+        if client is None:
+            raise SpawnRefused(503, f"not connected to {self._account_name}'s rootless Docker")
+        return client
 
     @property
     def executor(self):
         return self._connection.executor
 
-    def docker(self, method, *args, **kwargs):
-        return self._connection.call(method, *args, **kwargs)
+    async def docker(self, method, *args, **kwargs):
+        """A call on this student's daemon; a failing daemon becomes a clear refusal."""
+        if self._connection is None:
+            raise SpawnRefused(503, f"not connected to {self._account_name}'s rootless Docker")
+        try:
+            return await self._connection.call(method, *args, **kwargs)
+        except BadAnswer as e:
+            raise SpawnRefused.from_daemon(e.for_account(self._account_name, f"answering {method}")) from None
+        except DaemonError as e:
+            raise SpawnRefused.from_daemon(e) from None
+
+    @property
+    def _account_name(self) -> str:
+        return self.account.name if self.account else self.user.name
 
     # ---- connecting -----------------------------------------------------------------------
 
@@ -532,12 +582,12 @@ class RootlessGPUSpawner(DockerSpawner):
         try:
             conn = await self._open_connection(account, docker_host)
         except SpawnRefused as e:
-            if not (may_start and self.start_daemon_if_down and e.status_code == 503):
+            if not (may_start and self.start_daemon_if_down and isinstance(e.cause, DaemonNotRunning)):
                 raise
             await self._start_daemon(account, reason=str(e))
             conn = await self._open_connection(account, docker_host)
         if self._connection is not None and self._connection is not conn:
-            daemons.pool.release(self._connection.docker_host, self._user_key())
+            daemons.pool.release(self._connection.target, self._user_key())
         self._connection = conn
         self.docker_host = docker_host
         if check_rootless:
@@ -545,50 +595,56 @@ class RootlessGPUSpawner(DockerSpawner):
         return conn
 
     async def _open_connection(self, account: Account, docker_host: str):
+        """The pooled, peer-verified connection (every new socket is checked, see transport.py)."""
         try:
-            path = daemons.socket_path(docker_host)
-            if path is not None:
-                resolved = await asyncio.to_thread(
-                    daemons.verify_socket, path, account.uid, account.name
-                )
-                connect_to = "unix://" + resolved
-            else:
-                connect_to = docker_host
-        except (DaemonError, ValueError) as e:
-            not_running = isinstance(e, DaemonError) and "is not running" in str(e)
-            raise SpawnRefused(503 if not_running else 403 if isinstance(e, DaemonError) else 500, str(e)) from None
+            target = socket_target(docker_host, account.uid, account.name)
+        except ValueError as e:
+            raise SpawnRefused(500, str(e)) from None
         try:
-            return await daemons.pool.connect(connect_to, self.docker_api_timeout, self._user_key())
-        except Exception as e:
-            if is_connection_error(e):
-                daemons.pool.discard(connect_to)
-                raise SpawnRefused(
-                    503, str(daemons.daemon_unreachable(account.name, docker_host, e))
-                ) from None
-            raise
+            return await daemons.pool.connect(target, docker_host, self.docker_api_timeout, self._user_key())
+        except DaemonError as e:
+            raise SpawnRefused.from_daemon(e) from None
 
     async def _start_daemon(self, account: Account, reason: str):
-        from . import daemonctl, service
-
-        self.log.warning("starting rootless Docker for %s (%s)", account.name, reason)
-        try:
-            # The same code as `rootless-gpu-admin start-daemon` (systemd user unit or by hand).
-            pid = await asyncio.to_thread(service.start_daemon_for, account.name, self.docker_api_timeout)
-        except daemonctl.DaemonError as e:
-            raise SpawnRefused(
-                503, f"rootless Docker for {account.name} was not running and could not be started: {e}"
-            ) from None
+        """Start the student's daemon once, however many spawns ask at the same time."""
+        pending = _starting.get(account.name)
+        if pending is None:
+            self.log.warning("starting rootless Docker for %s (%s)", account.name, printable(reason, 300))
+            loop = asyncio.get_running_loop()
+            pending = loop.run_in_executor(_daemon_starts, self._start_daemon_blocking, account.name)
+            _starting[account.name] = pending
+            pending.add_done_callback(lambda _f: _starting.pop(account.name, None))
+        pid = await asyncio.shield(pending)
         self.log.info("rootless Docker for %s started (pid %s)", account.name, pid)
 
-    def _device_mode(self) -> str:
+    def _start_daemon_blocking(self, name: str):
+        from . import daemonctl, service
+
+        try:
+            # The same code as `rootless-gpu-admin start-daemon` (systemd user unit or by hand).
+            return service.start_daemon_for(name, self.docker_api_timeout)
+        except daemonctl.DaemonError as e:
+            raise SpawnRefused(
+                503, f"rootless Docker for {name} was not running and could not be started: "
+                f"{printable(e, 400)}"
+            ) from None
+
+    async def _device_mode(self) -> str:
         if self.gpu_device_mode != "auto":
             return self.gpu_device_mode
-        return detect_device_mode(self._daemon_info)
+        if not self._cdi_enabled:
+            return "nvidia"
+        # Only the well-known spec dirs on the hub's host, never a path the daemon named.
+        return await asyncio.to_thread(detect_device_mode, True)
 
     async def _check_rootless(self, account: Account, docker_host: str):
-        info = await self._call_daemon("info")
-        self._daemon_info = info
-        if is_rootless(info):
+        info = await self.docker("info")
+        try:
+            rootless = answers.is_rootless(info)
+            self._cdi_enabled = answers.cdi_enabled(info)
+        except BadAnswer as e:
+            raise SpawnRefused.from_daemon(e.for_account(account.name, "answering docker info")) from None
+        if rootless:
             return
         if self.allow_rootful_daemon:
             self.log.warning(
@@ -606,22 +662,9 @@ class RootlessGPUSpawner(DockerSpawner):
             "only for single-user test machines.",
         )
 
-    async def _call_daemon(self, method, *args, **kwargs):
-        """A Docker call that turns "daemon gone" into the clear message."""
-        try:
-            return await self.docker(method, *args, **kwargs)
-        except Exception as e:
-            if is_connection_error(e):
-                daemons.pool.discard(self._connection.docker_host)
-                self._connection = None
-                raise SpawnRefused(
-                    503, str(daemons.daemon_unreachable(self.account.name, self.docker_host, e))
-                ) from None
-            raise
-
     def _disconnect(self):
         if self._connection is not None:
-            daemons.pool.release(self._connection.docker_host, self._user_key())
+            daemons.pool.release(self._connection.target, self._user_key())
             self._connection = None
 
     # ---- user options ---------------------------------------------------------------------
@@ -730,12 +773,22 @@ class RootlessGPUSpawner(DockerSpawner):
             self._progress.close()
 
     async def _start(self):
-        feed = self._progress
         options = self.validated_user_options()
         ref = await self._resolve_image(options.get("image"))
         gpus = options.get("gpus", self.default_gpu_request())
         account = await self.resolve_account()
         self._claim_account(account)
+        try:
+            return await self._start_claimed(ref, options, gpus, account)
+        except BaseException as e:
+            # A failed start holds no claim on the account, and no GPU once its server is gone.
+            if isinstance(e, Exception):
+                await self._settle_gpus()
+            self._release_gpus()
+            self._release_account()
+            raise
+
+    async def _start_claimed(self, ref, options, gpus, account):
         try:
             try:
                 workspace = await asyncio.to_thread(
@@ -743,16 +796,15 @@ class RootlessGPUSpawner(DockerSpawner):
                 )
             except WorkspaceError as e:
                 raise SpawnRefused(403, f"workspace for {account.name}: {e}") from None
-            feed.emit(5, f"connecting to {account.name}'s rootless Docker")
+            self._progress.emit(5, f"connecting to {account.name}'s rootless Docker")
             await self.connect(may_start=True)
             if self.gpu_policy == "exclusive":
                 gpus = await self._allocate_gpus(gpus)
             return await self._start_container(ref, options, gpus, account, workspace)
-        except BaseException:
-            # A failed start holds no GPU and no claim on the account.
-            self._release_gpus()
-            self._release_account()
-            raise
+        except DaemonError as e:  # raised outside self.docker() (pulls, the pool)
+            if isinstance(e, BadAnswer):
+                e = e.for_account(account.name, "starting the server")
+            raise SpawnRefused.from_daemon(e) from None
 
     async def _allocator_with_inventory(self):
         try:
@@ -792,15 +844,10 @@ class RootlessGPUSpawner(DockerSpawner):
                 on_progress=lambda source, p: feed.emit_threadsafe(
                     10 + int(60 * p.fraction), pull_message(ref.familiar, source, p.done_bytes, p.total_bytes)
                 ),
+                pull_timeout=self.image_pull_timeout,
             )
         except ImageError as e:
             raise SpawnRefused(500, str(e)) from None
-        except Exception as e:
-            if is_connection_error(e):
-                raise SpawnRefused(
-                    503, str(daemons.daemon_unreachable(account.name, self.docker_host, e))
-                ) from None
-            raise
         if pulled.pulled_from:
             self.log.info("image %s for %s pulled from %s", ref.familiar, account.name, pulled.pulled_from)
             feed.emit(70, f"pulled {ref.familiar} from {pulled.pulled_from}")
@@ -812,35 +859,19 @@ class RootlessGPUSpawner(DockerSpawner):
         feed = self._progress
 
         obj = await self.get_object()
-        if obj and self.remove:
+        if obj is not None and (self.remove or not self.host_port):
+            # Leftover (or from before the hub chose ports itself): never adopt its port.
             self.log.warning("removing leftover container %s of %s", self.object_name, account.name)
             await self.remove_object()
             obj = None
         if obj is not None:
             self.log.info("found existing container %s of %s", self.object_name, account.name)
-            for line in obj["Config"]["Env"]:
-                if line.startswith("JUPYTERHUB_API_TOKEN="):
-                    self.api_token = line.split("=", 1)[1]
+            token = answers.env_value(obj.env, "JUPYTERHUB_API_TOKEN")
+            if token:
+                self.api_token = token
             await self._start_or_explain(gpus, account)
         else:
-            for attempt in range(1, PORT_ATTEMPTS + 1):
-                host_port = pick_host_port(self.host_ip)
-                obj = await self._create(pulled.image, workspace, gpus, account, host_port)
-                self.object_id = obj["Id"]
-                self.log.info(
-                    "created container %s (%s) for %s on %s from %s, port 127.0.0.1:%s",
-                    self.object_name, self.object_id[:12], account.name, self.docker_host,
-                    pulled.image, host_port,
-                )
-                try:
-                    await self._start_or_explain(gpus, account)
-                    break
-                except APIError as e:
-                    if not is_port_clash(str(e.explanation or e)) or attempt == PORT_ATTEMPTS:
-                        raise
-                    # Taken on the host between our pick and the daemon's bind: new port.
-                    self.log.warning("port %s was taken, retrying: %s", host_port, e.explanation)
-                    await self._remove_quietly()
+            await self._create_and_start(pulled, workspace, gpus, account)
         if self.post_start_cmd:
             await self.post_start_exec()
         ip, port = await self.get_ip_and_port()
@@ -848,11 +879,50 @@ class RootlessGPUSpawner(DockerSpawner):
         await self._wait_until_listening(ip, port)
         return ip, port
 
+    async def _create_and_start(self, pulled, workspace, gpus, account):
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.host_port = pick_host_port(self.host_ip)
+            self.object_id = await self._create(pulled.image, workspace, gpus, account, self.host_port)
+            self.log.info(
+                "created container %s (%s) for %s on %s from %s, port %s:%s",
+                self.object_name, self.object_id[:12], account.name, self.docker_host,
+                pulled.image, self.host_ip, self.host_port,
+            )
+            try:
+                await self._start_or_explain(gpus, account)
+                return
+            except APIError as e:
+                if not is_port_clash(str(e.explanation or e)) or attempt == PORT_ATTEMPTS:
+                    raise
+                # Taken on the host between our pick and the daemon's bind: new port.
+                self.log.warning("port %s was taken, retrying: %s", self.host_port, printable(e.explanation, 200))
+                await self._remove_quietly()
+
+    async def get_ip_and_port(self):
+        """The address the hub chose; the daemon's report is only compared with it, never used.
+
+        A daemon that says the container's port is published elsewhere (the
+        hub's API, another student's server) is lying or broken: the container
+        is removed and the spawn refused.
+        """
+        expected = (self.host_ip, str(self.host_port))
+        obj = await self.get_object()
+        if obj is None:
+            raise SpawnRefused(502, f"the container of {self._account_name} disappeared right after it started")
+        if obj.published != (expected,):
+            reported = ", ".join(f"{printable(ip, 40)}:{printable(port, 8)}" for ip, port in obj.published) or "nothing"
+            await self._remove_quietly()
+            error = LyingAnswer(
+                f"reported the server on {reported}, not on {expected[0]}:{expected[1]} as the hub set it up"
+            )
+            raise SpawnRefused.from_daemon(error.for_account(self._account_name, "starting the container"))
+        return self.host_ip, self.host_port
+
     async def _start_or_explain(self, gpus, account):
         try:
             await self.start_object()
         except APIError as e:
-            message = str(e.explanation or e)
+            message = printable(e.explanation or e, 600)
             if is_gpu_driver_error(message):
                 await self._remove_quietly()
                 raise SpawnRefused(
@@ -896,13 +966,10 @@ class RootlessGPUSpawner(DockerSpawner):
         return None
 
     def _pull_attempt(self, name, prefix, error):
-        if prefix is not None:
-            if error is None:
-                mirrors.health.succeeded(prefix)
-            elif not error.startswith("skipped"):
-                mirrors.health.failed(prefix, self.mirror_cooldown)
+        # What the daemon reports about a mirror is the student's word: it shows on this
+        # student's progress page only. Shared mirror health changes on the hub's own probe.
         if error is not None:
-            self._progress.emit(None, f"{name}: {error[:160]}")
+            self._progress.emit(None, f"{name}: {printable(error, 160)}")
 
     def template_namespace(self):
         namespace = super().template_namespace()
@@ -917,23 +984,35 @@ class RootlessGPUSpawner(DockerSpawner):
         return "{prefix}-{username}-{userid}"
 
     async def get_object(self):
-        obj = await super().get_object()
-        owner = ((obj or {}).get("Config") or {}).get("Labels", {}).get(f"{LABEL_PREFIX}.hub-user")
-        if obj and owner is not None and owner != self.user.name:
+        """This server's container as a checked :class:`answers.ContainerView`, or None when gone."""
+        try:
+            raw = await self.docker("inspect_container", self.object_id or self.object_name)
+        except APIError as e:
+            if e.status_code in (404, 500):
+                self.object_id = ""
+                return None
+            raise
+        try:
+            obj = answers.container_view(raw, self.port)
+        except BadAnswer as e:
+            raise SpawnRefused.from_daemon(e.for_account(self._account_name, "inspecting the container")) from None
+        owner = obj.labels.get(f"{LABEL_PREFIX}.hub-user")
+        if owner is not None and owner != self.user.name:
             # Two hub names can escape to the same container name ("a.b" and "a-2eb");
             # never adopt, stop or remove another hub user's container.
             self.object_id = ""
             raise SpawnRefused(
                 409,
-                f"container {self.object_name} on {self.account.name if self.account else 'this'}'s "
+                f"container {self.object_name} on {self._account_name}'s "
                 f"daemon belongs to another hub user: the two names escape to the same container "
                 "name. Ask the admin to make RootlessGPUSpawner.name_template unique "
                 "(the default includes {userid}).",
             )
+        self.object_id = obj.id
         return obj
 
     async def _create(self, image: str, workspace: str, gpus, account: Account, host_port=None):
-        command = self.cmd or (await self.docker("inspect_image", image))["Config"]["Cmd"] or []
+        command = self.cmd or answers.image_command(await self.docker("inspect_image", image))
         env = rewrite_hub_urls(self.get_env(), self.host_gateway_ip)
         create_kwargs, host_kwargs = build_container_request(
             name=self.object_name,
@@ -945,7 +1024,7 @@ class RootlessGPUSpawner(DockerSpawner):
             workspace_source=workspace,
             workspace_mount=self.workspace_mount,
             run_as_root=self.run_as_root,
-            device_requests=device_requests(gpus, self._device_mode()),
+            device_requests=device_requests(gpus, await self._device_mode()),
             labels={
                 f"{LABEL_PREFIX}.hub-user": self.user.name,
                 f"{LABEL_PREFIX}.server-name": self.name,
@@ -963,8 +1042,12 @@ class RootlessGPUSpawner(DockerSpawner):
         extra_host = await self._maybe_await(self._eval_if_callable(self.extra_host_config))
         _merge(create_kwargs, self._render_templates(extra_create))
         _merge(host_kwargs, self._render_templates(extra_host))
-        create_kwargs["host_config"] = self.client.create_host_config(**host_kwargs)
-        return await self.docker("create_container", **create_kwargs)
+        create_kwargs["host_config"] = HostConfig(self._connection.api_version, **host_kwargs)
+        created = await self.docker("create_container", **create_kwargs)
+        try:
+            return answers.container_id(created)
+        except BadAnswer as e:
+            raise SpawnRefused.from_daemon(e.for_account(account.name, "creating the container")) from None
 
     @staticmethod
     async def _maybe_await(value):
@@ -984,46 +1067,72 @@ class RootlessGPUSpawner(DockerSpawner):
             return 0
         try:
             await self.connect(self.docker_host or None, check_rootless=False)
-            status = await super().poll()
+            obj = await self.get_object()
         except SpawnRefused as e:
-            self.log.warning("poll for %s: %s", self.user.name, e)
-            self._release_gpus()
-            return 1
-        except Exception as e:
-            if is_connection_error(e):
-                self.log.warning("poll for %s: daemon %s does not answer: %s", self.user.name, self.docker_host, e)
-                daemons.pool.discard(self.docker_host)
-                self._connection = None
-                self._release_gpus()
-                return 1
-            raise
-        if status is not None:
-            # The hub will not call stop() for a dead server: clean up here. An exited
-            # container is removed (files live in the workspace), its GPUs released.
-            if self.remove and self.object_id:
-                await self._remove_quietly()
-            self._release_gpus()
-            self._disconnect()
+            return await self._poll_without_daemon(e)
+        if obj is not None and obj.running:
+            return None
+        # The hub will not call stop() for a dead server: clean up here. An exited
+        # container is removed (files live in the workspace), its GPUs released.
+        if obj is not None and self.remove:
+            await self._remove_quietly()
+        status = 0 if obj is None else (
+            f"ExitCode={obj.exit_code}, Error='{printable(obj.error, 200)}', "
+            f"FinishedAt={printable(obj.finished_at, 40)}"
+        )
+        await self._settle_gpus()
+        self._release_gpus()
+        self._disconnect()
         return status
+
+    async def _poll_without_daemon(self, refusal: SpawnRefused):
+        """The daemon cannot be asked (gone, refused, garbled): decide on what the hub sees itself."""
+        self.log.warning("poll for %s: %s", self._log_name, printable(refusal, 300))
+        if not isinstance(refusal.cause, DaemonNotRunning) and not await self._server_gone():
+            return None  # the daemon misbehaves, but the server still answers on its port
+        await self._settle_gpus()
+        self._release_gpus()
+        self._disconnect()
+        return 1
 
     async def stop(self, now=False):
         try:
             await self.connect(self.docker_host or None, check_rootless=False)
-        except SpawnRefused as e:
-            # Nothing to stop on a daemon that is gone; the workspace is untouched.
-            self.log.warning("stop for %s: %s", self.user.name, e)
-            self.clear_state()
-            self._disconnect()
-            return
-        try:
-            await super().stop(now=now)
-        except Exception as e:
-            if not is_connection_error(e):
-                raise
-            self.log.warning("stop for %s: daemon went away: %s", self.user.name, e)
-            self.clear_state()
+            await self.stop_object()
+            if self.remove:
+                await self.remove_object()
+                self.object_id = ""
+        except (SpawnRefused, APIError) as e:
+            # Nothing more to do on a daemon that is gone or misbehaves; the workspace is untouched.
+            self.log.warning("stop for %s: %s", self._log_name, printable(e, 300))
         finally:
+            await self._settle_gpus()
+            self.clear_state()
             self._disconnect()
+
+    async def _server_gone(self) -> bool:
+        """The hub's own observation: nothing accepts connections on the server's port now."""
+        if not self.host_port:
+            return True
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host_ip, self.host_port), timeout=2
+            )
+        except asyncio.TimeoutError:
+            return False  # cannot tell: keep what it holds
+        except OSError:
+            return True
+        writer.close()
+        return False
+
+    async def _settle_gpus(self):
+        """Keep a server's GPUs held while its server still answers, whatever its daemon says."""
+        if self.gpu_assignment and not await self._server_gone():
+            self._gpus_kept = True
+            self.log.warning(
+                "GPUs %s of %s stay held: its server still answers on %s:%s",
+                ",".join(self.gpu_assignment), self._log_name, self.host_ip, self.host_port,
+            )
 
 
 def _gpus_label(gpus) -> str:

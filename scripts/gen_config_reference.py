@@ -134,7 +134,10 @@ ZH_SUMMARY = {
     "start_daemon_if_down": "启动服务器时学生的 daemon 没有运行（或不应答），就由 hub 启动它，而不是拒绝；用的是与 "
     "`rootless-gpu-admin start-daemon` 相同的代码（装有 systemd 用户服务时用它，否则手动启动）。"
     "默认关闭：反复挂掉的 daemon 应该让管理员看到。",
-    "docker_api_timeout": "等待学生 daemon 单次应答的秒数；超时即报错，无响应的 daemon 不会卡住启动。",
+    "docker_api_timeout": "对学生 daemon 的一次调用最多用时（秒），从头到尾计算（是总时限，不是每次读取的超时："
+    "每分钟只回一个字节的 daemon 也会被切断）。拉取镜像另有 `image_pull_timeout`。",
+    "image_pull_timeout": "在学生 daemon 上拉取一个镜像最多用时（秒），从头到尾计算；超时后给出明确的错误"
+    "（下次启动会接着用已下载的层）。",
     "host_gateway_ip": "rootless 容器内看到的主机回环地址（slirp4netns 的主机别名）。hub 监听回环地址时，"
     "容器内的 `JUPYTERHUB_API_URL` 和 `JUPYTERHUB_ACTIVITY_URL` 改用它；hub 自己的 `hub_connect_url` 不变。",
     "run_as_root": "以容器 root 运行服务器：rootless daemon 把它映射为学生本人的 uid，工作区里的文件归学生所有，"

@@ -1,93 +1,127 @@
-"""Socket ownership checks and rootless detection, on real unix sockets."""
+"""Socket checks on every connection, on real unix sockets with real listeners (as root)."""
 
 import os
 import socket
 
 import pytest
 
-from rootless_gpu_spawner.daemonctl import is_rootless
+from rootless_gpu_spawner.answers import is_rootless
 from rootless_gpu_spawner.daemon import (
-    DaemonError,
+    DaemonNotRunning,
+    PeerMismatch,
+    UnsafeSocket,
     render_docker_host,
     socket_path,
-    verify_socket,
+    socket_target,
 )
+from rootless_gpu_spawner.transport import SocketTarget
 
-ALICE, BOB = 54321, 54322
+from peer_servers import NOBODY, listening_as
 
-
-@pytest.fixture
-def sockets(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("chown of a socket to another uid needs root (the hub runs as root)")
-    made = {}
-    for name, uid in (("alice", ALICE), ("bob", BOB)):
-        path = tmp_path / f"{name}.sock"
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(path))
-        os.chown(path, uid, uid)
-        made[name] = (s, str(path))
-    yield {k: v[1] for k, v in made.items()}
-    for s, _ in made.values():
-        s.close()
+ALICE = 54321
 
 
-def test_own_socket_accepted(sockets):
-    assert verify_socket(sockets["alice"], ALICE, "alice") == sockets["alice"]
+@pytest.fixture(autouse=True)
+def _root():
+    assert os.geteuid() == 0, "these checks run as root, like the hub"
 
 
-def test_missing_socket(tmp_path):
-    with pytest.raises(DaemonError) as info:
-        verify_socket(str(tmp_path / "docker.sock"), ALICE, "alice")
+def test_socket_of_the_student_accepted(tmp_path):
+    path = str(tmp_path / "docker.sock")
+    with listening_as(path, NOBODY):
+        SocketTarget(path, NOBODY, "alice").open(5).close()
+
+
+def test_missing_socket_is_not_running(tmp_path):
+    with pytest.raises(DaemonNotRunning) as info:
+        SocketTarget(str(tmp_path / "docker.sock"), ALICE, "alice").open(5)
     msg = str(info.value)
     assert "rootless Docker is not running for alice" in msg
     assert str(tmp_path / "docker.sock") in msg and "bootstrap" in msg
 
 
-def test_socket_owned_by_other_uid(sockets):
-    with pytest.raises(DaemonError) as info:
-        verify_socket(sockets["bob"], ALICE, "alice")
-    msg = str(info.value)
-    assert "owned by" in msg and f"uid {BOB}" in msg and "not by alice" in msg
+def test_stale_socket_is_not_running(tmp_path):
+    path = str(tmp_path / "docker.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)  # bound, nobody listens: what a killed daemon leaves
+    os.chown(path, ALICE, ALICE)
+    try:
+        with pytest.raises(DaemonNotRunning, match="left over"):
+            SocketTarget(path, ALICE, "alice").open(5)
+    finally:
+        s.close()
 
 
-def test_symlink_to_other_students_socket(sockets, tmp_path):
-    link = tmp_path / "alice-link.sock"
-    link.symlink_to(sockets["bob"])
-    with pytest.raises(DaemonError) as info:
-        verify_socket(str(link), ALICE, "alice")
-    assert "->" in str(info.value) and sockets["bob"] in str(info.value)
+def test_socket_owned_by_another_uid_refused(tmp_path):
+    path = str(tmp_path / "docker.sock")
+    with listening_as(path, NOBODY):
+        with pytest.raises(UnsafeSocket) as info:
+            SocketTarget(path, ALICE, "alice").open(5)
+    assert f"owned by uid {NOBODY}" in str(info.value) and "alice" in str(info.value)
 
 
-def test_symlink_to_own_socket_resolves(sockets, tmp_path):
-    link = tmp_path / "link.sock"
-    link.symlink_to(sockets["alice"])
-    assert verify_socket(str(link), ALICE, "alice") == sockets["alice"]
+def test_symlink_never_followed(tmp_path):
+    real = str(tmp_path / "bob.sock")
+    link = tmp_path / "docker.sock"
+    with listening_as(real, NOBODY):
+        link.symlink_to(real)
+        with pytest.raises(UnsafeSocket, match="symbolic link"):
+            SocketTarget(str(link), NOBODY, "alice").open(5)
 
 
-def test_regular_file_is_not_a_socket(tmp_path):
+def test_peer_of_another_uid_refused_though_file_is_the_students(tmp_path):
+    # The file is chowned to the student, but root listens: the relay / rootful case.
+    path = str(tmp_path / "docker.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+    os.chown(path, NOBODY, NOBODY)
+    try:
+        with pytest.raises(PeerMismatch) as info:
+            SocketTarget(path, NOBODY, "alice").open(5)
+    finally:
+        server.close()
+    assert "served by uid 0 (root)" in str(info.value) and "not by alice" in str(info.value)
+
+
+def test_not_a_socket_refused(tmp_path):
     f = tmp_path / "docker.sock"
-    f.write_text("")
-    with pytest.raises(DaemonError, match="not a socket"):
-        verify_socket(str(f), os.getuid(), "alice")
+    f.write_text("x")
+    os.chown(f, ALICE, ALICE)
+    with pytest.raises(UnsafeSocket, match="not a socket"):
+        SocketTarget(str(f), ALICE, "alice").open(5)
 
 
-def test_render_and_parse_docker_host():
-    url = render_docker_host("unix:///run/user/{uid}/docker.sock", 1001, "alice", "/home/alice/")
+def test_render_and_parse():
+    url = render_docker_host("unix:///run/user/{uid}/docker.sock", 1001, "alice", "/home/alice")
     assert url == "unix:///run/user/1001/docker.sock"
     assert socket_path(url) == "/run/user/1001/docker.sock"
-    assert render_docker_host("unix://{home}/.docker/run/docker.sock", 1, "a", "/home/a/") == (
-        "unix:///home/a/.docker/run/docker.sock"
-    )
+
+
+def test_tcp_daemons_cannot_be_verified():
     assert socket_path("tcp://127.0.0.1:2375") is None
-    with pytest.raises(ValueError, match="fields"):
-        render_docker_host("unix:///run/{user}/docker.sock", 1, "a", "/h")
-    with pytest.raises(ValueError, match="only unix"):
+    with pytest.raises(ValueError, match="cannot prove whose"):
+        socket_target("tcp://127.0.0.1:2375", 1001, "alice")
+
+
+def test_unknown_scheme_refused():
+    with pytest.raises(ValueError):
         socket_path("ssh://host")
 
 
-def test_is_rootless():
-    assert is_rootless({"SecurityOptions": ["name=seccomp,profile=default", "name=rootless"]})
-    assert not is_rootless({"SecurityOptions": ["name=seccomp,profile=default"]})
-    assert not is_rootless({"SecurityOptions": None})
-    assert not is_rootless({})
+def test_unknown_template_field():
+    with pytest.raises(ValueError, match="unknown field"):
+        render_docker_host("unix:///run/{nope}/docker.sock", 1, "a", "/h")
+
+
+@pytest.mark.parametrize(
+    "info, expected",
+    [
+        ({"SecurityOptions": ["name=seccomp,profile=default", "name=rootless"]}, True),
+        ({"SecurityOptions": ["name=apparmor", "name=seccomp,profile=default"]}, False),
+        ({}, False),
+        ({"SecurityOptions": None}, False),
+    ],
+)
+def test_is_rootless(info, expected):
+    assert is_rootless(info) is expected

@@ -78,7 +78,17 @@ def test_cdi_device_requests():
 
 
 def test_detect_device_mode(tmp_path):
-    assert detect_device_mode({}) == "nvidia"  # Docker 20.10: no CDI at all
-    assert detect_device_mode({"CDISpecDirs": [str(tmp_path)]}) == "nvidia"  # CDI on, no NVIDIA spec
+    assert detect_device_mode(False, [str(tmp_path)]) == "nvidia"  # Docker 20.10: no CDI at all
+    assert detect_device_mode(True, [str(tmp_path)]) == "nvidia"  # CDI on, no NVIDIA spec
     (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\n")
-    assert detect_device_mode({"CDISpecDirs": ["/nonexistent", str(tmp_path)]}) == "cdi"
+    assert detect_device_mode(True, ["/nonexistent", str(tmp_path)]) == "cdi"
+    assert detect_device_mode(False, [str(tmp_path)]) == "nvidia"  # the daemon has CDI off
+
+
+def test_detect_device_mode_never_uses_daemon_paths():
+    # The daemon's CDISpecDirs is only a yes/no: a glob bomb is never expanded or stat'ed.
+    import inspect
+
+    params = list(inspect.signature(detect_device_mode).parameters)
+    assert params == ["cdi_enabled", "spec_dirs"]
+    assert detect_device_mode(True, ["/*/*/*/*/*/*"] * 20) == "nvidia"
