@@ -254,6 +254,13 @@ class Lab:
         self.server.server_close()
 
 
+def _close_quietly(lab):
+    try:
+        lab.close()
+    except OSError:
+        pass
+
+
 class State:
     def __init__(self, args):
         self.args = args
@@ -285,10 +292,8 @@ class State:
             ids = [cid] if cid else list(self.labs)
             labs = [self.labs.pop(i) for i in ids if i in self.labs]
         for lab in labs:
-            try:
-                lab.close()
-            except OSError:
-                pass
+            # In the background: the answer (stop, delete) need not wait for the server's loop.
+            threading.Thread(target=_close_quietly, args=(lab,), daemon=True).start()
 
 
 def container_json(c: dict, state: State) -> dict:
@@ -652,7 +657,7 @@ class Handler(BaseHTTPRequestHandler):
                             old2 = None
                     for o in (old, old2):
                         if o is not None:
-                            o.close()
+                            threading.Thread(target=_close_quietly, args=(o,), daemon=True).start()
                     return
 
     # ---- pulls
