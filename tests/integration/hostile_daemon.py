@@ -98,7 +98,8 @@ BEHAVIOURS = {
     "redirect": "image inspect answers 307 to --redirect-to (a loopback canary)",
     "escape-injection": "container create fails with terminal escapes and control characters in its message",
     "bad-api-version": "/version reports ApiVersion as a number",
-    "never-answer": "accepts connections and never answers; holds --lock (flock) so no real daemon is started",
+    "never-answer": "accepts connections and never answers (--stale: refuses them, a daemon that died); "
+                    "holds --lock (flock), so a daemon start for the student never finishes",
     "fuzz": "honest, except for randomized malformed answers chosen per iteration (POST /_fuzz/SEED/N)",
 }
 
@@ -921,6 +922,14 @@ def serve_never_answer(args):
         emit("bad", what="holding lock", path=args.lock)
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(args.socket)
+    if args.stale:
+        # A socket nobody listens on (a daemon that died): connections are refused.
+        emit("ready", behaviour=args.behaviour, pid=os.getpid(), uid=os.getuid(), stale=True)
+        end = time.monotonic() + args.max_seconds
+        while time.monotonic() < end:
+            time.sleep(0.5)
+        listener.close()
+        return
     listener.listen(128)
     emit("ready", behaviour=args.behaviour, pid=os.getpid(), uid=os.getuid())
     held = []
@@ -1017,10 +1026,15 @@ def main(argv=None):
     p.add_argument("--lie-ip", default="127.0.0.2")
     p.add_argument("--cdi-dir", default="")
     p.add_argument("--lock", default="")
+    p.add_argument("--stale", action="store_true", help="never-answer: bind the socket but never listen")
     p.add_argument("--redirect-to", default="http://127.0.0.1:9")
     p.add_argument("--drip-interval", type=float, default=0.5)
     args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    def _term(signum, frame):
+        emit("note", exiting=f"signal {signum}")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, _term)
     if os.path.lexists(args.socket):
         os.unlink(args.socket)
     if args.behaviour == "never-answer":
@@ -1038,6 +1052,7 @@ def main(argv=None):
     end = time.monotonic() + args.max_seconds + 30
     while time.monotonic() < end and t.is_alive():
         time.sleep(0.5)
+    emit("note", exiting="serving thread ended" if not t.is_alive() else "max seconds")
     server.shutdown()
     state.close_labs()
     return 0
