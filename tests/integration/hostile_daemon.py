@@ -454,6 +454,13 @@ class Handler(BaseHTTPRequestHandler):
                 record["body"] = body[:200].decode("latin-1")
         emit("req", **record)
         st = self.state
+        if path.startswith("/_behaviour/") and method == "POST":
+            # The test switches a running fake to another behaviour (e.g. honest, then garbled).
+            name = path[len("/_behaviour/"):]
+            if name in BEHAVIOURS:
+                st.behaviour = name
+                emit("bad", what="behaviour switched", behaviour=name)
+            return self.reply(200, {"behaviour": st.behaviour})
         if path.startswith("/_fuzz/") and method == "POST":
             _, _, seed, iteration = path.split("/")
             st.fuzz = FuzzPlan(int(seed), int(iteration))

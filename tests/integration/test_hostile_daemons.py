@@ -646,6 +646,90 @@ def test_bad_api_version(hd_hub, daemons, reliability, testbed, fake_home, carol
                  ("cannot use", "does not answer"), case="/version reports ApiVersion as a number")
 
 
+# ---------------------------------------------------------------- GPUs released only on the hub's own observation
+
+
+def _control(path: str, what: str) -> dict:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = s
+    try:
+        conn.request("POST", what)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def gpu_hub(testbed, hub_factory):
+    config = base_spawner_config(testbed) + f'''
+    c.RootlessGPUSpawner.docker_api_timeout = {API_TIMEOUT}
+    c.RootlessGPUSpawner.gpu_policy = "exclusive"
+    c.RootlessGPUSpawner.gpu_ids = ["0", "1"]
+    c.RootlessGPUSpawner.gpus = 1
+    c.Spawner.poll_interval = 1
+    '''
+    return hub_factory(config, [BOB, CAROL])
+
+
+def test_gpus_released_only_on_the_hubs_own_observation(gpu_hub, daemons, reliability, testbed, fake_home,
+                                                        carol_dir):
+    """Carol holds a GPU on a look-alike daemon that then garbles every inspect: her GPU stays hers
+    (bob cannot get both); when her daemon is really gone, the hub sees it and bob gets both."""
+    hub = gpu_hub
+    problems = []
+    steps = []
+    with hostile(fake_home, carol_dir, "honest", as_uid=_carol(testbed)) as fake:
+        r = hub.spawn(CAROL, {"gpus": 1})
+        assert r.status_code in (201, 202), r.text
+        hub.wait_ready(CAROL, timeout=90)
+        steps.append("carol ready with 1 GPU")
+        _control(carol_dir, "/_behaviour/wrong-types-inspect")
+        n0 = len([q for q in fake.requests if q["path"].endswith("/json") and q["path"].startswith("/containers/")])
+        for _ in range(60):  # bounded (30 s): until the hub's poll has met the garbled answer 3 times
+            n = len([q for q in fake.requests if q["path"].endswith("/json") and q["path"].startswith("/containers/")])
+            if n - n0 >= 3:
+                break
+            time.sleep(0.5)
+        else:
+            problems.append("the hub did not poll carol's server")
+        steps.append(f"{n - n0} garbled inspects answered to the hub's poll")
+        r = hub.spawn(BOB, {"gpus": 2})
+        message = spawn_message(hub, BOB, r)
+        if hub.server(BOB):
+            problems.append("bob got both GPUs while carol's server still ran (released on a garbled answer)")
+            hub.stop_server(BOB)
+        steps.append(f"bob asking for 2 GPUs: HTTP {r.status_code} {message[:120]}")
+        if not hub.server(CAROL):
+            problems.append("carol's server was dropped on a garbled answer while it still answered")
+    # The fake is gone now (socket removed, stand-in server closed): the hub's own observation.
+    try:
+        hub.wait_gone(CAROL, 60)
+        steps.append("carol's server seen gone by the hub")
+    except AssertionError:
+        problems.append("the hub did not notice carol's daemon and server were gone")
+        hub.stop_server(CAROL)
+    r = hub.spawn(BOB, {"gpus": 2})
+    try:
+        if r.status_code not in (201, 202):
+            problems.append(f"bob's 2-GPU spawn after carol's was gone: HTTP {r.status_code} {r.text[:200]}")
+        else:
+            hub.wait_ready(BOB)
+            steps.append("then bob got both GPUs")
+    except AssertionError as e:
+        problems.append(f"bob not ready: {str(e)[:200]}")
+    finally:
+        if hub.server(BOB):
+            hub.stop_server(BOB)
+    observed = "; ".join(steps) + (f" | problems: {'; '.join(problems)}" if problems else "")
+    reliability.record(SECTION, "exclusive GPUs: a garbled poll answer keeps them held; the daemon really gone "
+                       "releases them", "bob cannot take carol's GPU while her server answers; he gets it once the "
+                       "hub itself sees her daemon gone", observed, not problems)
+    assert not problems, observed
+
+
 # ---------------------------------------------------------------- a daemon that never answers, 10 others spawn
 
 SHARED = [f"shared-{i:02d}" for i in range(1, 11)]
