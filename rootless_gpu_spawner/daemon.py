@@ -88,12 +88,6 @@ def socket_target(docker_host: str, uid: int, account: str) -> SocketTarget:
     return SocketTarget(path, uid, account)
 
 
-def verify_socket(path: str, uid: int, account: str) -> str:
-    """Check a socket path without connecting (doctor-style); return it. Raises DaemonError."""
-    SocketTarget(path, uid, account).open(timeout=5.0).close()
-    return path
-
-
 def negotiate_version(answer) -> str:
     """The API version to speak, from the daemon's ``/version`` answer (checked, clamped)."""
     text = answer.get("ApiVersion") if isinstance(answer, dict) else None
@@ -150,12 +144,14 @@ class DaemonConnection:
         """
         with self._lock:
             self._inflight += 1
-        future = self.executor.submit(self._guarded, seconds or self.timeout, max_bytes, func, args)
+        # A stream (max_bytes None, e.g. a pull) may be quiet a while: only its deadline applies.
+        read_timeout = self.timeout if max_bytes is not None else None
+        future = self.executor.submit(self._guarded, seconds or self.timeout, max_bytes, read_timeout, func, args)
         future.add_done_callback(lambda _f: self._call_done())
         return await asyncio.wrap_future(future)
 
-    def _guarded(self, seconds, max_bytes, func, args):
-        with CallGuard(seconds, max_bytes) as guard:
+    def _guarded(self, seconds, max_bytes, read_timeout, func, args):
+        with CallGuard(seconds, max_bytes, read_timeout) as guard:
             try:
                 return func(self._ensure_client(), *args)
             except (DaemonError, APIError) as e:

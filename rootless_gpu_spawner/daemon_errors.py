@@ -20,7 +20,7 @@ class DaemonError(RuntimeError):
     status = 503
 
 
-def _owner(uid: int) -> str:
+def owner_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -65,7 +65,7 @@ class PeerMismatch(DaemonError):
         self.peer_uid = peer_uid
         super().__init__(
             f"the Docker socket for {account} at {path} is served by uid {peer_uid} "
-            f"({_owner(peer_uid)}), not by {account}: refusing to talk to somebody else's daemon. "
+            f"({owner_name(peer_uid)}), not by {account}: refusing to talk to somebody else's daemon. "
             "Nothing was created. The socket was replaced while the hub used it; ask the admin "
             f"to check {account}'s rootless Docker ('rootless-gpu-admin doctor --user {account}')."
         )
@@ -98,8 +98,9 @@ class BadAnswer(DaemonError):
         error = copy.copy(self)
         error.args = (
             f"rootless Docker for {account} {self.detail} while {doing}; nothing of it was used. "
-            f"If this repeats, ask the admin to check {account}'s daemon "
-            f"('rootless-gpu-admin doctor --user {account}', then restart it).",
+            f"If this repeats, ask the admin to check {account}'s daemon with "
+            f"'rootless-gpu-admin doctor --user {account}' and restart it "
+            f"('rootless-gpu-admin stop-daemon {account}', then 'rootless-gpu-admin start-daemon {account}').",
         )
         return error
 

@@ -602,6 +602,8 @@ class RootlessGPUSpawner(DockerSpawner):
             raise SpawnRefused(500, str(e)) from None
         try:
             return await daemons.pool.connect(target, docker_host, self.docker_api_timeout, self._user_key())
+        except BadAnswer as e:
+            raise SpawnRefused.from_daemon(e.for_account(account.name, "connecting")) from None
         except DaemonError as e:
             raise SpawnRefused.from_daemon(e) from None
 
@@ -805,6 +807,13 @@ class RootlessGPUSpawner(DockerSpawner):
             if isinstance(e, BadAnswer):
                 e = e.for_account(account.name, "starting the server")
             raise SpawnRefused.from_daemon(e) from None
+        except APIError as e:  # the daemon refused a request: its words, made printable
+            raise SpawnRefused(
+                502,
+                f"rootless Docker for {account.name} refused to start the server: "
+                f"{printable(e.explanation or e, 300)}. If this repeats, ask the admin to check "
+                f"{account.name}'s daemon ('rootless-gpu-admin doctor --user {account.name}').",
+            ) from None
 
     async def _allocator_with_inventory(self):
         try:

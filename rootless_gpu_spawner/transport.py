@@ -36,6 +36,7 @@ import urllib3.connectionpool
 from docker.transport.basehttpadapter import BaseHTTPAdapter
 
 from .daemon_errors import (
+    owner_name,
     AnswerTooLarge,
     DaemonNotRunning,
     DeadlineExceeded,
@@ -53,8 +54,9 @@ _local = threading.local()
 class CallGuard:
     """Deadline and byte budget of the call running on this thread, and what broke it."""
 
-    def __init__(self, seconds: float, max_bytes: int | None):
+    def __init__(self, seconds: float, max_bytes: int | None, read_timeout: float | None = None):
         self.seconds = seconds
+        self.read_timeout = read_timeout  # None: only the deadline (a pull may be quiet a while)
         self.deadline = time.monotonic() + seconds
         self.max_bytes = max_bytes
         self.received = 0
@@ -71,7 +73,7 @@ class CallGuard:
     def time_left(self) -> float:
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise self.fail(DeadlineExceeded(f"did not finish answering within {self.seconds:g} s"))
+            raise self.fail(DeadlineExceeded(f"does not answer within {self.seconds:g} s"))
         return left
 
     def count(self, n: int) -> None:
@@ -92,20 +94,19 @@ def current_guard() -> CallGuard | None:
 class GuardedSocket(socket.socket):
     """A unix socket whose reads obey the current thread's :class:`CallGuard`."""
 
-    read_timeout: float = 60.0
-
     def _read(self, read, size):
         guard = current_guard()
         if guard is None:
             return read(size)
         left = guard.time_left()
-        self.settimeout(min(self.read_timeout, left))
+        timeout = left if guard.read_timeout is None else min(guard.read_timeout, left)
+        self.settimeout(timeout)
         try:
             data = read(size)
         except TimeoutError:
-            if left <= self.read_timeout:  # the deadline, not the per-read timeout, ran out
+            if timeout == left:  # the deadline, not the per-read timeout, ran out
                 guard.time_left()
-                raise guard.fail(DeadlineExceeded(f"did not finish answering within {guard.seconds:g} s"))
+                raise guard.fail(DeadlineExceeded(f"does not answer within {guard.seconds:g} s"))
             raise
         guard.count(data if isinstance(data, int) else len(data))
         return data
@@ -130,7 +131,6 @@ class SocketTarget:
         fd = self._open_path()
         try:
             sock = GuardedSocket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            sock.read_timeout = timeout
             sock.settimeout(timeout)
             try:
                 sock.connect(f"/proc/self/fd/{fd}")
@@ -154,7 +154,7 @@ class SocketTarget:
         except OSError as e:
             raise _record(UnsafeSocket(self.account, self.path, f"cannot be opened ({e.strerror})")) from None
         st = os.fstat(fd)
-        problem = _socket_problem(st, self.uid)
+        problem = _socket_problem(st, self.uid, self.account)
         if problem:
             os.close(fd)
             raise _record(UnsafeSocket(self.account, self.path, problem))
@@ -168,13 +168,13 @@ class SocketTarget:
             raise _record(PeerMismatch(self.account, self.path, uid))
 
 
-def _socket_problem(st: os.stat_result, uid: int) -> str | None:
+def _socket_problem(st: os.stat_result, uid: int, account: str) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         return "is a symbolic link (the hub never follows one there)"
     if not stat.S_ISSOCK(st.st_mode):
         return "is not a socket (a stale file is in the way of the rootless daemon)"
     if st.st_uid != uid:
-        return f"is owned by uid {st.st_uid}, not by the student"
+        return f"is owned by uid {st.st_uid} ({owner_name(st.st_uid)}), not by {account}"
     return None
 
 

@@ -2,102 +2,82 @@
 
 The rootful Docker daemon may not be started on the testbed (the suite must
 prove nothing needs it), and a daemon that hangs is hard to produce on
-purpose. So these small servers on a unix socket play them, at the path
-where a student's rootless daemon should be:
+purpose. So small servers on a unix socket play them, at the path where a
+student's rootless daemon should be:
 
 * ``rootful``: answers ``/_ping``, ``/version`` and ``/info`` like Docker 20.10
   does *without* the ``name=rootless`` security option.
 * ``hang``: accepts connections and never answers until released.
+
+The hub checks who listens on every connection (``SO_PEERCRED``), so a
+stand-in runs as a process of its own with the listening uid of the test's
+choosing: by default the student's (what a student's own program looks
+like), or ``listen_uid=0`` for a server that really runs as root with the
+socket file merely given to the student.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socketserver
+import subprocess
+import sys
 import threading
-from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
-VERSION = {"Version": "20.10.24", "ApiVersion": "1.41", "MinAPIVersion": "1.12", "Os": "linux"}
-ROOTFUL_INFO = {
-    "ServerVersion": "20.10.24",
-    "SecurityOptions": ["name=apparmor", "name=seccomp,profile=default"],
-    "CgroupDriver": "cgroupfs",
-}
-
-
-class _RootfulHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _send(self, status, body):
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json" if not isinstance(body, bytes) else "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Api-Version", "1.41")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        path = self.path.split("?")[0]
-        self.server.requests.append(("GET", path))
-        if path.endswith("/_ping"):
-            self._send(200, b"OK")
-        elif path.endswith("/version"):
-            self._send(200, VERSION)
-        elif path.endswith("/info"):
-            self._send(200, ROOTFUL_INFO)
-        else:
-            self._send(500, {"message": "fake rootful daemon: unexpected call " + path})
-
-    def do_POST(self):
-        self.server.requests.append(("POST", self.path.split("?")[0]))
-        self._send(500, {"message": "fake rootful daemon: nothing may be created here"})
-
-    do_DELETE = do_POST
-
-    def log_message(self, *args):
-        pass
-
-    def address_string(self):
-        return "unix"
-
-
-class _HangHandler(socketserver.BaseRequestHandler):
-    def handle(self):
-        self.server.requests.append(("CONNECT", ""))
-        self.server.release.wait(300)  # bounded: never longer than the test itself
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+SERVER_SOURCE = (Path(__file__).parent / "fake_daemon_server.py").read_text()
 
 
 class FakeDaemon:
-    def __init__(self, path: str, mode: str, uid: int, gid: int):
-        handler = {"rootful": _RootfulHandler, "hang": _HangHandler}[mode]
-        self.path = path
-        self.server = _Server(path, handler)
-        self.server.requests = []
-        self.server.release = threading.Event()
-        os.chown(path, uid, gid)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def __init__(self, path: str, mode: str, uid: int, gid: int, listen_uid: int | None = None):
+        self.path, self.mode, self.uid, self.gid = path, mode, uid, gid
+        self.listen_uid = uid if listen_uid is None else listen_uid
+        self._requests: list = []
+        self.proc: subprocess.Popen | None = None
 
     @property
     def requests(self):
-        return self.server.requests
+        return list(self._requests)
+
+    def _command(self) -> list:
+        cmd = [sys.executable, "-c", SERVER_SOURCE, self.path, self.mode]
+        if self.listen_uid != 0:
+            cmd = ["setpriv", f"--reuid={self.listen_uid}", f"--regid={self.gid}", "--clear-groups", "--"] + cmd
+        return cmd
 
     def __enter__(self):
-        self.thread.start()
+        self.proc = subprocess.Popen(
+            self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/",
+            start_new_session=True, text=True,
+        )
+        first = self.proc.stdout.readline()  # "ready", or "" if it died
+        if not first.startswith("ready"):
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"fake {self.mode} daemon did not start at {self.path}")
+        if self.listen_uid != self.uid:
+            os.chown(self.path, self.uid, self.gid)  # the file looks like the student's
+        threading.Thread(target=self._collect, daemon=True).start()
         return self
 
+    def _collect(self):
+        for line in self.proc.stdout:
+            method, _, path = line.rstrip("\n").partition(" ")
+            self._requests.append((method, path))
+
     def release(self):
-        self.server.release.set()
+        if self.proc is not None and self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
 
     def __exit__(self, *exc):
         self.release()
-        self.server.shutdown()
-        self.server.server_close()
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -160,8 +160,9 @@ def test_workspace_symlink_escape(hostile_hub, daemons, reliability, alice_works
 
 def test_socket_symlink_to_other_students_socket(hostile_hub, daemons, reliability, testbed, carol_socket):
     os.symlink(testbed["users"][ALICE]["docker_host"][len("unix://"):], carol_socket)
+    # Never followed (checked with O_NOFOLLOW on every connection), whoever it points to.
     refuse_and_record(hostile_hub, daemons, reliability, "socket path is a symlink to another student's socket",
-                      CAROL, {"gpus": 0}, "is owned by rgstest-alice")
+                      CAROL, {"gpus": 0}, "is a symbolic link")
 
 
 def test_socket_owned_by_another_uid(hostile_hub, daemons, reliability, testbed, carol_socket):
@@ -182,6 +183,16 @@ def test_rootful_daemon_at_socket_path(hostile_hub, daemons, reliability, testbe
     with FakeDaemon(carol_socket, "rootful", carol["uid"], carol["gid"]):
         refuse_and_record(hostile_hub, daemons, reliability, "a rootful daemon at the socket path (stand-in server)",
                           CAROL, {"gpus": 0}, "not running in rootless mode")
+
+
+def test_root_listens_behind_a_socket_given_to_the_student(hostile_hub, daemons, reliability, testbed, carol_socket):
+    # The file is carol's, but root listens on it (a relay, or the rootful daemon moved there):
+    # the kernel's SO_PEERCRED answer refuses it before a byte is sent.
+    carol = testbed["users"][CAROL]
+    with FakeDaemon(carol_socket, "rootful", carol["uid"], carol["gid"], listen_uid=0) as fake:
+        refuse_and_record(hostile_hub, daemons, reliability, "root listens on a socket file owned by the student",
+                          CAROL, {"gpus": 0}, "served by uid 0 (root)")
+        assert fake.requests == []
 
 
 def test_missing_socket(hostile_hub, daemons, reliability):
