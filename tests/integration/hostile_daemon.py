@@ -83,6 +83,7 @@ BEHAVIOURS = {
     "gigabyte-info": "/info answers a 1 GiB body (Content-Length), streamed lazily",
     "gigabyte-chunked": "image inspect answers an endless chunked body (up to 1 GiB), streamed lazily",
     "endless-pull": "the image is missing; its pull stream announces new layer ids forever",
+    "slow-pull": "the image is missing; its pull stream sends a small progress line every --drip-interval s, forever",
     "huge-pull-line": "the image is missing; its pull stream sends one 8 MiB line, then finishes normally",
     "drip-body": "/info sends its headers, then its body one byte every --drip-interval seconds",
     "drip-headers": "/info sends its status line and headers one byte every --drip-interval seconds",
@@ -268,7 +269,7 @@ class State:
         self.behaviour = args.behaviour
         self.lock = threading.Lock()
         self.containers: dict[str, dict] = {}  # id -> container
-        self.images_present = self.behaviour not in ("endless-pull", "huge-pull-line", "mirror-failed")
+        self.images_present = self.behaviour not in ("endless-pull", "slow-pull", "huge-pull-line", "mirror-failed")
         self.labs: dict[str, Lab] = {}
         self.connections: set = set()
         self.swapped = False
@@ -686,6 +687,18 @@ class Handler(BaseHTTPRequestHandler):
                 n += 200
                 self.chunk(lines)
             emit("bad", what="endless pull ended", lines=n)
+            self.close_connection = True
+            return None
+        if b == "slow-pull":
+            # Well-formed, small, always the same layer: only the pull's own deadline ends it.
+            self.start_chunked()
+            n = 0
+            while st.time_left() > 0:
+                self.chunk(b'{"status":"Downloading","progressDetail":{"current":%d,"total":1000000000},'
+                           b'"id":"0123456789ab"}\r\n' % n)
+                n += 1
+                time.sleep(self.state.args.drip_interval)
+            emit("bad", what="slow pull ended", lines=n)
             self.close_connection = True
             return None
         if b == "huge-pull-line":

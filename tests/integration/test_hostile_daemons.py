@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 FAKE_SOURCE = HERE / "hostile_daemon.py"
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 API_TIMEOUT = 5  # c.RootlessGPUSpawner.docker_api_timeout of the test hub
-PULL_TIMEOUT = 30  # c.RootlessGPUSpawner.image_pull_timeout of the test hub
+PULL_TIMEOUT = 10  # c.RootlessGPUSpawner.image_pull_timeout of the test hub
 THREADS_BOUND = 20  # hub threads may grow by less than this over one case
 RSS_BOUND = 200 << 20  # ... and its memory (RSS and peak RSS) by less than this
 
@@ -513,6 +513,12 @@ def test_endless_pull(hd_hub, daemons, reliability, testbed, fake_home, carol_di
     hostile_case(hd_hub, daemons, reliability, testbed, fake_home, carol_dir, "endless-pull", ("layers",),
                  options={"image": testbed["mirror_image_short"]}, max_seconds=60, memory=True,
                  case="pull stream announcing new layer ids forever", extra_check=check)
+
+
+def test_slow_endless_pull(hd_hub, daemons, reliability, testbed, fake_home, carol_dir):
+    hostile_case(hd_hub, daemons, reliability, testbed, fake_home, carol_dir, "slow-pull", ("within",),
+                 options={"image": testbed["mirror_image_short"]}, max_seconds=90,
+                 case=f"pull stream: one small progress line every 0.5 s, forever (image_pull_timeout {PULL_TIMEOUT} s)")
 
 
 def test_huge_pull_line(hd_hub, daemons, reliability, testbed, fake_home, carol_dir):
