@@ -55,7 +55,7 @@ RSS_BOUND = 200 << 20  # ... and its memory (RSS and peak RSS) by less than this
 #: The words of the clear messages of the contract; any refusal must be one of them.
 CLEAR = ("served by", "symbolic link", "reported", "larger than", "within", "layers", "cannot use",
          "could not pull", "does not answer", "not running", "could not be started", "not rootless",
-         "rootless mode")
+         "rootless mode", "refused to")
 #: What a student must never see instead (a bare 500, a traceback, JupyterHub's "unhandled").
 UNCLEAR = ("Internal Server Error", "Traceback (most recent call last)", "Unhandled error")
 
