@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from . import bootstrap as bootstrap_mod
 from . import daemonctl, hostchecks, service
 from .accounts import SYSTEM_USERNAME
+from .safetext import printable
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -69,17 +70,26 @@ def _me() -> str:
 _MARK = {"pass": "ok", "fail": "FAIL", "warn": "warn", "skip": "skip"}
 
 
+def _shown(text, indent: str = "") -> str:
+    """Text that may hold a student's bytes (daemon strings, log lines, file names), for the terminal.
+
+    Every line is made printable (safetext: escapes, no CR, bounded) and every
+    line after the first is indented, so nothing a student wrote can pass for
+    a line of ours."""
+    return ("\n" + indent).join(printable(line, 2000) for line in str(text).split("\n"))
+
+
 def format_checks(checks: list) -> str:
     out, scope = [], None
     for c in checks:
         if c.scope != scope:
             scope = c.scope
             out.append("host" if scope == "host" else f"user {scope}")
-        out.append(f"  [{_MARK[c.status]:>4}] {c.name}: {c.detail}")
+        out.append(f"  [{_MARK[c.status]:>4}] {c.name}: {_shown(c.detail, '         ')}")
         if c.fix and c.status != "pass":
-            first, *rest = c.fix.splitlines()
-            out.append("         fix: " + first)
-            out += ["              " + line for line in rest]
+            first, *rest = c.fix.split("\n")
+            out.append("         fix: " + _shown(first))
+            out += ["              " + _shown(line) for line in rest]
     fails = [c for c in checks if c.status == "fail"]
     warns = [c for c in checks if c.status == "warn"]
     if fails:
@@ -134,7 +144,7 @@ def format_steps(steps: list, dry_run: bool) -> str:
     out = []
     for s in steps:
         mark = "FAILED" if not s.ok else ("would" if s.changed and dry_run else ("changed" if s.changed else "done"))
-        out.append(f"[{mark:>7}] {s.scope}: {s.name}: {s.detail}")
+        out.append(f"[{mark:>7}] {s.scope}: {s.name}: {_shown(s.detail, '          ')}")
     failed = [s for s in steps if not s.ok]
     changed = [s for s in steps if s.changed and s.ok]
     if failed:
@@ -212,6 +222,15 @@ def cmd_stop(args) -> int:
     return EXIT_OK
 
 
+def format_status(st: dict) -> str:
+    """One user's daemon_status for the terminal; the daemon's strings and log lines made printable."""
+    state = "running" if st["running"] else "not running"
+    extra = f", rootless={st['rootless']}, docker {st['server_version']}" if st["running"] else ""
+    line = f"{st['user']}: {state}{extra}" + (f" -- {st['error']}" if st["error"] else "")
+    tail = [f"  last lines of {st['log_file']}:", *(daemonctl.LOG_LINE_MARK + l for l in st["log_tail"])]
+    return _shown(line, "  ") + ("\n" + "\n".join(_shown(t) for t in tail) if st.get("log_tail") else "")
+
+
 def cmd_status(args) -> int:
     names = args.names or [_me()]
     results = [daemonctl.daemon_status(_account(n)) for n in names]
@@ -219,9 +238,7 @@ def cmd_status(args) -> int:
         print(json.dumps(results, indent=2))
     else:
         for st in results:
-            state = "running" if st["running"] else "not running"
-            extra = f", rootless={st['rootless']}, docker {st['server_version']}" if st["running"] else ""
-            print(f"{st['user']}: {state}{extra}" + (f" -- {st['error']}" if st["error"] else ""))
+            print(format_status(st))
     return EXIT_OK if all(st["running"] and st["rootless"] for st in results) else EXIT_PROBLEMS
 
 
@@ -260,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-start", action="store_true", help=argparse.SUPPRESS)  # tests: a user without a daemon
     p.set_defaults(func=cmd_bootstrap)
 
-    p = sub.add_parser("start-daemon", help="start a user's rootless dockerd (systemd user service or by hand)")
+    p = sub.add_parser("start-daemon", help="start a user's rootless dockerd (in their systemd: docker.service "
+                                            "or a transient unit; by hand without systemd)")
     p.add_argument("name")
     p.add_argument("--gpu-stub-dir", help=argparse.SUPPRESS)  # tests: a simulated GPU host
     p.add_argument("--timeout", type=float, default=60)
@@ -286,7 +304,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (AdminError, daemonctl.DaemonError) as e:
-        print(f"rootless-gpu-admin: {e}", file=sys.stderr)
+        print(f"rootless-gpu-admin: {_shown(e, '  ')}", file=sys.stderr)
         return EXIT_USAGE
 
 

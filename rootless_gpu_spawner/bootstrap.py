@@ -29,10 +29,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Optional
 
-from . import daemonctl, hostchecks, nvidiaconf, service
+from . import daemonctl, hostchecks, nvidiaconf, safefs, service
 from .daemonctl import DaemonError
 from .hostchecks import HostPaths
-from .workspace import WorkspaceError, ensure_workspace
+from .workspace import WorkspaceError, ensure_workspace, hand_over_root_owned
 
 #: Accounts below this uid (root, system accounts) are never bootstrapped.
 MIN_UID = 1000
@@ -59,41 +59,27 @@ def write_file_atomic(path: str, data: bytes, *, default_mode: int = 0o644) -> N
 
     Mode and owner of the old file are kept.  Root-owned system files only
     (the NVIDIA config): user files go through daemonctl.write_user_file.
+    Both use the one atomic writer, :func:`safefs.atomic_write`.
     """
     d, name = os.path.split(os.path.abspath(path))
+    dfd = os.open(d, safefs.O_DIR)
     try:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
-            raise BootstrapError(f"{path} is not a regular file (a symlink?); edit it by hand")
-        with open(path, "rb") as f:
-            old = f.read()
-    except FileNotFoundError:
-        st, old = None, None
-    mode = stat.S_IMODE(st.st_mode) if st else default_mode
-
-    def put(target: str, content: bytes) -> None:
-        tmp = os.path.join(d, f".{os.path.basename(target)}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                os.write(fd, content)
-                os.fchmod(fd, mode)
-                if st:
-                    os.fchown(fd, st.st_uid, st.st_gid)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-
-    if old is not None:
-        put(path + ".bak", old)
-    put(path, data)
+            fd = safefs.open_regular(dfd, name, os.O_RDONLY, shown=path)
+        except FileNotFoundError:
+            st, old = None, None
+        except safefs.UnsafePathError:
+            raise BootstrapError(f"{path} is not a regular file (a symlink?); edit it by hand") from None
+        else:
+            with os.fdopen(fd, "rb") as f:
+                st, old = os.fstat(f.fileno()), f.read()
+        mode = stat.S_IMODE(st.st_mode) if st else default_mode
+        owner = (st.st_uid, st.st_gid) if st else None
+        if old is not None:
+            safefs.atomic_write(dfd, name + ".bak", old, mode=mode, owner=owner, shown=path + ".bak")
+        safefs.atomic_write(dfd, name, data, mode=mode, owner=owner, shown=path)
+    finally:
+        os.close(dfd)
 
 
 def group_members(group: str) -> list[str]:
@@ -236,12 +222,8 @@ class Bootstrapper:
         if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
             if self.dry_run:
                 return Step("workspace", True, f"would chown {pw.pw_name}:{pw.pw_gid} {path} (owned by root)", pw.pw_name)
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-            try:
-                os.fchown(fd, pw.pw_uid, pw.pw_gid)
-            finally:
-                os.close(fd)
-            return Step("workspace", True, f"chown {pw.pw_name}:{pw.pw_gid} {path} (was owned by root)", pw.pw_name)
+            if hand_over_root_owned(pw.pw_dir, workspace_dir, pw.pw_uid, pw.pw_gid):
+                return Step("workspace", True, f"chown {pw.pw_name}:{pw.pw_gid} {path} (was owned by root)", pw.pw_name)
         raise BootstrapError(f"{check.detail}; fix: {check.fix}")
 
     def ensure_daemon_json(self, pw, mirrors: Optional[list[str]], insecure: Optional[list[str]]) -> Step:
@@ -387,7 +369,8 @@ class Bootstrapper:
     def _guard(self, name: str, scope: str, fn, *args) -> Step:
         try:
             return fn(*args)
-        except (BootstrapError, DaemonError, WorkspaceError, nvidiaconf.NvidiaConfigError, subprocess.SubprocessError, OSError) as e:
+        except (BootstrapError, DaemonError, WorkspaceError, safefs.UnsafePathError, nvidiaconf.NvidiaConfigError,
+                subprocess.SubprocessError, OSError) as e:
             if isinstance(e, OSError) and e.errno == errno.EACCES and os.geteuid() != 0:
                 e = BootstrapError(f"{e}: run as root")
             return self._failed(name, scope, e)

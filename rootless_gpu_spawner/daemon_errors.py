@@ -33,10 +33,15 @@ class DaemonNotRunning(DaemonError):
     status = 503
 
     def __init__(self, account: str, path: str, stale: bool = False):
-        what = f"the socket {path} is left over from a daemon that stopped" if stale else f"no socket at {path}"
+        if stale:
+            text = (
+                f"rootless Docker for {account} does not answer at {path}: the socket is left over "
+                "from a daemon that stopped."
+            )
+        else:
+            text = f"rootless Docker is not running for {account}: no socket at {path}."
         super().__init__(
-            f"rootless Docker is not running for {account}: {what}. "
-            f"Ask the admin to run 'rootless-gpu-admin bootstrap --user {account}', or start it "
+            f"{text} Ask the admin to run 'rootless-gpu-admin bootstrap --user {account}', or start it "
             f"('rootless-gpu-admin start-daemon {account}' or, as {account}, "
             "'systemctl --user start docker')."
         )

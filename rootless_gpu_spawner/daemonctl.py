@@ -30,20 +30,25 @@ Layout per user (all decided here, nowhere else):
 Security rules (this code runs as root against user-controlled files):
 
 * The runtime dir and the home are writable by the user, who may plant
-  symlinks, FIFOs or hard links there.  Every open is ``O_NOFOLLOW |
-  O_NONBLOCK`` on a directory fd, regular files only; files in the home are
-  reached by walking directory fds with ``O_NOFOLLOW`` so a symlink can never
-  lead root out of the home, even if swapped mid-way.
+  symlinks, FIFOs or hard links there.  Every file root touches there goes
+  through :mod:`safefs` (shared with the workspace code): ``O_NOFOLLOW |
+  O_NONBLOCK`` opens on directory fds, regular single-link files only, a
+  walk that never lets the kernel follow a link (links inside the home are
+  resolved by us and may not leave it), one atomic writer, and ownership
+  handed over through an fd only after fstat shows what we expect.
 * Pid files are user-writable, so a pid read from them is only ever
   signalled after checking ``/proc/PID`` belongs to that user's uid and has
   the expected command name.  Otherwise a student could make root kill the
-  hub.
+  hub.  The check and the signal go through one pidfd
+  (:func:`_signal_verified`), so a pid recycled in between is never hit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import functools
 import grp
 import http.client
 import json
@@ -53,10 +58,14 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
+
+from . import boundedjson, commands, safefs
+from .safetext import printable, printable_lines
 
 __all__ = [
     "DaemonError",
@@ -161,86 +170,32 @@ def daemon_paths(uid: int) -> DaemonPaths:
 
 
 # --------------------------------------------------------------------------
-# Safe file helpers (no symlink following, regular files only)
+# Files root touches in the runtime dir and the home (all through safefs)
 # --------------------------------------------------------------------------
 
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = safefs.O_DIR
 
 
-def _chown_if_root(fd: int, uid: int, gid: int) -> None:
-    if os.geteuid() == 0:
-        os.fchown(fd, uid, gid)
+def _safe(fn):
+    """Report safefs' refusals as DaemonError (same message: path and fix)."""
 
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except safefs.UnsafePathError as e:
+            raise DaemonError(str(e)) from e
 
-def _open_regular(dir_fd: int, name: str, flags: int, mode: int = 0o600, what: str = "") -> int:
-    """Open *name* in *dir_fd* without following symlinks; refuse non-files.
-
-    ``O_NONBLOCK`` keeps a planted FIFO from hanging root; ``fstat`` then
-    refuses anything but a regular file with a single link (a hard link to
-    e.g. /etc/shadow planted by the user would otherwise be read or written).
-    """
-    try:
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise DaemonError(
-                f"{what or name} is a symbolic link; refusing to follow it as root. "
-                f"Remove the link (and put a real file there) to continue."
-            ) from e
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-        os.close(fd)
-        raise DaemonError(
-            f"{what or name} is not a plain file (mode {oct(st.st_mode)}, {st.st_nlink} links); "
-            f"refusing to use it as root. Remove it to continue."
-        )
-    os.set_blocking(fd, True)
-    return fd
+    return wrapper
 
 
 def _read_small(dir_fd: int, name: str, limit: int = 1 << 20, what: str = "") -> Optional[bytes]:
-    """Content of a regular file, or None if it does not exist."""
-    try:
-        fd = _open_regular(dir_fd, name, os.O_RDONLY, what=what)
-    except FileNotFoundError:
-        return None
-    try:
-        data = os.read(fd, limit + 1)
-        if len(data) > limit:
-            raise DaemonError(f"{what or name} is larger than {limit} bytes; refusing to read it.")
-        return data
-    finally:
-        os.close(fd)
+    return safefs.read_small(dir_fd, name, limit, shown=what)
 
 
-def _atomic_write(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int = 0o644) -> None:
-    """Write *name* by tmp file + rename, owned by uid:gid.
-
-    rename replaces the directory entry itself, so an existing symlink at
-    *name* is replaced, never followed.
-    """
-    tmp = f".{name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-    try:
-        try:
-            os.write(fd, data)
-            _chown_if_root(fd, uid, gid)
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise
-
-
+@_safe
 def _write_pid_file(dir_fd: int, name: str, pid: int, uid: int, gid: int) -> None:
-    _atomic_write(dir_fd, name, f"{pid}\n".encode(), uid, gid, 0o644)
+    safefs.atomic_write(dir_fd, name, f"{pid}\n".encode(), mode=0o644, owner=(uid, gid), shown=name)
 
 
 def _record_pid(paths: "DaemonPaths", pid: int, uid: int, gid: int) -> None:
@@ -260,7 +215,7 @@ def _read_pid_file(path: str) -> Optional[int]:
         return None
     try:
         data = _read_small(dfd, name, limit=64, what=path)
-    except (DaemonError, OSError):
+    except (safefs.UnsafePathError, OSError):
         return None
     finally:
         os.close(dfd)
@@ -273,89 +228,41 @@ def _read_pid_file(path: str) -> Optional[int]:
     return pid if pid > 1 else None
 
 
-def _walk_dirs(base_fd: int, parts: Iterable[str], uid: int, gid: int, create: bool, shown: str) -> int:
-    """Descend from *base_fd* through *parts* with O_NOFOLLOW, mkdir'ing.
-
-    Returns an fd of the last directory (caller closes).  Created dirs are
-    0700 and owned by the user.  Any symlink met here makes the open fail
-    with ELOOP, which becomes a clear DaemonError.
-    """
-    fd = os.dup(base_fd)
-    path = shown
-    try:
-        for part in parts:
-            if part in ("", "."):
-                continue
-            if part == ".." or "/" in part:
-                raise DaemonError(f"invalid path component {part!r} under {shown}")
-            path = os.path.join(path, part)
-            try:
-                nfd = os.open(part, _O_DIR, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                try:
-                    os.mkdir(part, 0o700, dir_fd=fd)
-                except FileExistsError:
-                    pass
-                nfd = os.open(part, _O_DIR, dir_fd=fd)
-                _chown_if_root(nfd, uid, gid)
-            except OSError as e:
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise DaemonError(
-                        f"{path} is a symbolic link or not a directory; refusing to follow it as root. "
-                        f"Replace it by a real directory owned by the user to continue."
-                    ) from e
-                raise
-            os.close(fd)
-            fd = nfd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _home_relpath(pw: pwd.struct_passwd, rel: str) -> tuple[str, list[str], str]:
-    """Resolve ``~user/rel`` and make sure it stays inside the home.
-
-    Symlinks *inside* the home (dotfile managers do that) are fine; one that
-    resolves outside it is refused.  Returns (real home, dir components
-    relative to it, file name).  The later descent uses O_NOFOLLOW on the
-    resolved components, so a link swapped in between fails instead of
-    escaping.
-    """
+@contextlib.contextmanager
+def _user_file(pw: pwd.struct_passwd, rel: str, create: bool) -> Iterator[Optional[tuple[int, str, str]]]:
+    """(dir fd, name, shown path) of ``~user/rel`` reached by safefs' walk; None when
+    a parent is missing and *create* is False.  Links inside the home are
+    resolved by the walk, one leading out of it is refused."""
     home = os.path.realpath(pw.pw_dir)
-    if not os.path.isdir(home):
-        raise DaemonError(f"home directory {pw.pw_dir} of {pw.pw_name} does not exist; create it (useradd -m).")
-    real = os.path.realpath(os.path.join(home, rel))
-    if os.path.commonpath([home, real]) != home or real == home:
-        raise DaemonError(
-            f"~{pw.pw_name}/{rel} resolves to {real}, outside the home {home} (symbolic link); "
-            f"refusing to write there as root. Remove the link to continue."
-        )
-    relreal = os.path.relpath(real, home)
-    parts = relreal.split(os.sep)
-    return home, parts[:-1], parts[-1]
-
-
-def read_user_file(pw: pwd.struct_passwd, rel: str, limit: int = 1 << 20) -> Optional[bytes]:
-    """Content of ``~user/rel`` read as root without following symlinks out
-    of the home (None when it or a parent dir does not exist)."""
-    home, parts, name = _home_relpath(pw, rel)
-    hfd = os.open(home, _O_DIR)
     try:
-        try:
-            dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, False, home)
-        except FileNotFoundError:
-            return None
+        hfd = os.open(home, _O_DIR)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DaemonError(f"home directory {pw.pw_dir} of {pw.pw_name} does not exist; create it (useradd -m).") from None
+    try:
+        owner = (pw.pw_uid, pw.pw_gid) if create else None
+        found = safefs.locate_beneath(hfd, home, rel, create=owner, aliases=(os.path.normpath(pw.pw_dir),))
+    except FileNotFoundError:
+        found = None
+    except safefs.UnsafePathError as e:
+        raise DaemonError(str(e)) from e
     finally:
         os.close(hfd)
     try:
-        return _read_small(dfd, name, limit=limit, what=os.path.join(home, *parts, name))
+        yield found
     finally:
-        os.close(dfd)
+        if found:
+            os.close(found[0])
 
 
+@_safe
+def read_user_file(pw: pwd.struct_passwd, rel: str, limit: int = 1 << 20) -> Optional[bytes]:
+    """Content of ``~user/rel`` read as root without following symlinks out
+    of the home (None when it or a parent dir does not exist)."""
+    with _user_file(pw, rel, create=False) as found:
+        return _read_small(found[0], found[1], limit=limit, what=found[2]) if found else None
+
+
+@_safe
 def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o644, *, dry_run: bool = False) -> bool:
     """Make ``~user/rel`` hold *data*, owned by the user; return changed.
 
@@ -364,28 +271,23 @@ def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o
     ``rel.bak``, nothing written (no mtime churn) when the content is
     already right.  With *dry_run* nothing is created or written.
     """
-    home, parts, name = _home_relpath(pw, rel)
-    shown = os.path.join(home, *parts, name)
-    hfd = os.open(home, _O_DIR)
-    try:
-        try:
-            dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, not dry_run, home)
-        except FileNotFoundError:
+    with _user_file(pw, rel, create=not dry_run) as found:
+        if found is None:
             return True  # dry run: the directory would be created
-    finally:
-        os.close(hfd)
-    try:
+        dfd, name, shown = found
         old = _read_small(dfd, name, what=shown)
         if old == data:
             return False
-        if dry_run:
-            return True
-        if old is not None:
-            _atomic_write(dfd, name + ".bak", old, pw.pw_uid, pw.pw_gid, mode)
-        _atomic_write(dfd, name, data, pw.pw_uid, pw.pw_gid, mode)
+        if not dry_run:
+            _replace_keeping_bak(pw, dfd, name, old, data, mode, shown)
         return True
-    finally:
-        os.close(dfd)
+
+
+def _replace_keeping_bak(pw, dfd: int, name: str, old: Optional[bytes], data: bytes, mode: int, shown: str) -> None:
+    owner = (pw.pw_uid, pw.pw_gid)
+    if old is not None:
+        safefs.atomic_write(dfd, name + ".bak", old, mode=mode, owner=owner, shown=shown + ".bak")
+    safefs.atomic_write(dfd, name, data, mode=mode, owner=owner, shown=shown)
 
 
 # --------------------------------------------------------------------------
@@ -393,13 +295,15 @@ def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o
 # --------------------------------------------------------------------------
 
 
+@_safe
 def ensure_runtime_dir(pw: pwd.struct_passwd) -> str:
     """Create ``/run/user/UID`` owned by the user, mode 0700.
 
     Without systemd-logind nobody creates it; rootless dockerd refuses to
     start without a writable ``XDG_RUNTIME_DIR`` and puts its socket there.
     /run/user itself is root's, so the user cannot swap the directory for a
-    symlink; we still lstat and fix owner/mode without following links.
+    symlink; we still open it O_NOFOLLOW and fix owner (only from root:
+    :func:`safefs.hand_over`) and mode through the fd.
     """
     paths = daemon_paths(pw.pw_uid)
     os.makedirs("/run/user", mode=0o755, exist_ok=True)
@@ -407,24 +311,26 @@ def ensure_runtime_dir(pw: pwd.struct_passwd) -> str:
         os.mkdir(paths.runtime_dir, 0o700)
     except FileExistsError:
         pass
-    st = os.lstat(paths.runtime_dir)
-    if not stat.S_ISDIR(st.st_mode):
+    try:
+        fd = os.open(paths.runtime_dir, _O_DIR)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
         raise DaemonError(
             f"{paths.runtime_dir} exists but is not a directory; remove it so it can be recreated "
             f"as the runtime dir of {pw.pw_name}."
-        )
-    if (st.st_uid, st.st_gid) != (pw.pw_uid, pw.pw_gid):
-        if os.geteuid() != 0:
-            raise DaemonError(
-                f"{paths.runtime_dir} is owned by uid {st.st_uid}, not {pw.pw_uid}; "
-                f"run as root: chown {pw.pw_uid}:{pw.pw_gid} {paths.runtime_dir}"
-            )
-        os.chown(paths.runtime_dir, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(paths.runtime_dir, 0o700)
+        ) from None
+    try:
+        # /run/user is root's: a root-owned UID dir there was made by root for this user.
+        safefs.hand_over(fd, pw.pw_uid, pw.pw_gid, paths.runtime_dir, root_owned_ok=True)
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return paths.runtime_dir
 
 
+@_safe
 def merge_daemon_json(
     pw: pwd.struct_passwd,
     registry_mirrors: Optional[list[str]] = None,
@@ -446,57 +352,49 @@ def merge_daemon_json(
     need this done as the user instead.  With *dry_run* nothing is created
     or written; the return value says whether it would be.
     """
-    rel = ".config/docker/daemon.json"
-    home, parts, name = _home_relpath(pw, rel)
-    shown = os.path.join(home, *parts, name)
-    hfd = os.open(home, _O_DIR)
-    try:
-        dfd = _walk_dirs(hfd, parts, pw.pw_uid, pw.pw_gid, not dry_run, home)
-    except FileNotFoundError:
-        dfd = None  # dry run: ~/.config/docker does not exist yet
-    finally:
-        os.close(hfd)
-    if dfd is None:
-        return any(v for v in (registry_mirrors, insecure_registries))
-    try:
+    with _user_file(pw, ".config/docker/daemon.json", create=not dry_run) as found:
+        if found is None:
+            return any(v for v in (registry_mirrors, insecure_registries))  # dry run: ~/.config/docker is missing
+        dfd, name, shown = found
         old_bytes = _read_small(dfd, name, what=shown)
-        if old_bytes is not None:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            if st.st_uid not in (pw.pw_uid, 0):
-                raise DaemonError(
-                    f"{shown} is owned by uid {st.st_uid}, neither {pw.pw_name} nor root; refusing to use it. "
-                    f"Remove it to continue."
-                )
-            try:
-                old = json.loads(old_bytes.decode("utf-8")) if old_bytes.strip() else {}
-            except (UnicodeDecodeError, ValueError) as e:
-                raise DaemonError(
-                    f"{shown} is not valid JSON ({e.__class__.__name__}); fix it or move it away "
-                    f"(the daemon would not start with it either)."
-                ) from None
-            if not isinstance(old, dict):
-                raise DaemonError(f"{shown} does not hold a JSON object; fix it or move it away.")
-        else:
-            old = {}
-        new = dict(old)
-        for key, value in (("registry-mirrors", registry_mirrors), ("insecure-registries", insecure_registries)):
-            if value is None:
-                continue
-            value = [str(v) for v in value]
-            if value:
-                new[key] = value
-            else:
-                new.pop(key, None)
+        old = _parse_daemon_json(pw, dfd, name, shown, old_bytes) if old_bytes is not None else {}
+        new = _merged(old, registry_mirrors, insecure_registries)
         if new == old and (old_bytes is not None or not new):
             return False
-        if dry_run:
-            return True
-        if old_bytes is not None:
-            _atomic_write(dfd, name + ".bak", old_bytes, pw.pw_uid, pw.pw_gid, 0o644)
-        _atomic_write(dfd, name, (json.dumps(new, indent=2) + "\n").encode(), pw.pw_uid, pw.pw_gid, 0o644)
+        if not dry_run:
+            _replace_keeping_bak(pw, dfd, name, old_bytes, (json.dumps(new, indent=2) + "\n").encode(), 0o644, shown)
         return True
-    finally:
-        os.close(dfd)
+
+
+def _parse_daemon_json(pw: pwd.struct_passwd, dfd: int, name: str, shown: str, raw: bytes) -> dict:
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if st.st_uid not in (pw.pw_uid, 0):
+        raise DaemonError(
+            f"{shown} is owned by uid {st.st_uid}, neither {pw.pw_name} nor root; refusing to use it. "
+            f"Remove it to continue."
+        )
+    try:
+        old = boundedjson.loads(raw) if raw.strip() else {}
+    except boundedjson.UntrustedJSONError as e:
+        raise DaemonError(
+            f"{shown} is {e}; fix it or move it away (the daemon would not start with it either)."
+        ) from None
+    if not isinstance(old, dict):
+        raise DaemonError(f"{shown} does not hold a JSON object; fix it or move it away.")
+    return old
+
+
+def _merged(old: dict, registry_mirrors: Optional[list[str]], insecure_registries: Optional[list[str]]) -> dict:
+    new = dict(old)
+    for key, value in (("registry-mirrors", registry_mirrors), ("insecure-registries", insecure_registries)):
+        if value is None:
+            continue
+        value = [str(v) for v in value]
+        if value:
+            new[key] = value
+        else:
+            new.pop(key, None)
+    return new
 
 
 # --------------------------------------------------------------------------
@@ -627,16 +525,68 @@ def find_binaries() -> dict[str, str]:
 # --------------------------------------------------------------------------
 
 
+class PeerMismatch(DaemonError):
+    """The process serving a user's socket runs as another uid (SO_PEERCRED)."""
+
+    def __init__(self, socket_path: str, peer_uid: int, uid: int):
+        super().__init__(
+            f"{socket_path} is served by a process of uid {peer_uid}, not uid {uid}; refusing to trust it. "
+            f"Find it with: fuser {socket_path}"
+        )
+        self.peer_uid, self.uid = peer_uid, uid
+
+
+class AnswerTooLarge(OSError):
+    """The daemon's answer is larger than the caller's bound."""
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """Uid of the process at the other end of a unix socket (as the kernel saw it at connect)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every send and receive waits at most until one deadline.
+
+    A per-call timeout alone lets a daemon that trickles one byte just before
+    each timeout keep root waiting forever."""
+
+    deadline = 0.0
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the daemon did not answer in time")
+        self.settimeout(left)
+
+    def recv_into(self, buffer, nbytes=0, flags=0):
+        self._arm()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def recv(self, bufsize, flags=0):
+        self._arm()
+        return super().recv(bufsize, flags)
+
+    def sendall(self, data, flags=0):
+        self._arm()
+        return super().sendall(data, flags)
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float):
+    def __init__(self, socket_path: str, timeout: float, uid: Optional[int]):
         super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
+        self._socket_path, self._uid = socket_path, uid
+        self._deadline = time.monotonic() + timeout
 
     def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
+        s = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.deadline = self._deadline
         try:
+            s._arm()
             s.connect(self._socket_path)
+            if self._uid is not None and peer_uid(s) != self._uid:
+                raise PeerMismatch(self._socket_path, peer_uid(s), self._uid)
         except BaseException:
             s.close()
             raise
@@ -648,33 +598,50 @@ def is_rootless(info: dict) -> bool:
 
     The one test of "this is not the rootful daemon", for the admin CLI and the spawner.
     """
-    for option in info.get("SecurityOptions") or []:
+    options = info.get("SecurityOptions") if isinstance(info, dict) else None
+    for option in options if isinstance(options, list) else []:
         if "name=rootless" in str(option).split(","):
             return True
     return False
 
 
-def api_get(socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 << 20) -> tuple[int, bytes]:
+def api_get(
+    socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 << 20, *, uid: Optional[int] = None
+) -> tuple[int, bytes]:
     """GET *path* from the Docker API on *socket_path*; (status, body).
 
+    Bounded: the whole exchange ends by *timeout* seconds (TimeoutError), a
+    body over *limit* bytes raises AnswerTooLarge, and with *uid* the process
+    serving the socket must run as that uid (PeerMismatch, a DaemonError).
     stdlib only on purpose: the admin CLI must work before docker-py is
     importable, and each call is a fresh connection (no pooling state in a
     long-running hub).
     """
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    conn = _UnixHTTPConnection(socket_path, timeout, uid)
     try:
         conn.request("GET", path, headers={"Host": "docker"})
         resp = conn.getresponse()
-        body = resp.read(limit)
+        body = resp.read(limit + 1)
+        if len(body) > limit:
+            raise AnswerTooLarge(f"the answer to GET {path} on {socket_path} is larger than {limit} bytes")
         return resp.status, body
     finally:
         conn.close()
 
 
-def ping(socket_path: str, timeout: float = 2.0) -> bool:
-    """True when something answers ``GET /_ping`` with 200 "OK" on the socket."""
+def _api_object(socket_path: str, path: str, timeout: float, uid: int) -> dict:
+    """GET *path* and parse the answer as a bounded JSON object ({} unless 200)."""
+    code, body = api_get(socket_path, path, timeout=timeout, limit=boundedjson.MAX_BYTES, uid=uid)
+    return boundedjson.loads_object(body) if code == 200 else {}
+
+
+def ping(socket_path: str, timeout: float = 2.0, *, uid: Optional[int] = None) -> bool:
+    """True when something answers ``GET /_ping`` with 200 "OK" on the socket.
+
+    With *uid*, a server of another uid raises PeerMismatch instead of
+    counting as an answer."""
     try:
-        status, body = api_get(socket_path, "/_ping", timeout=timeout, limit=64)
+        status, body = api_get(socket_path, "/_ping", timeout=timeout, limit=64, uid=uid)
     except (OSError, http.client.HTTPException):
         return False
     return status == 200 and body.strip() == b"OK"
@@ -753,34 +720,74 @@ def _reap(pids: Iterable[int]) -> None:
             pass
 
 
+def _belongs_to_daemon(pid: int, uid: int, userns: set[str]) -> bool:
+    """*pid* is in the daemon's user namespace, or runs as *uid* with a daemon command name."""
+    ns = _proc_userns(pid)
+    if ns and ns in userns:
+        return True
+    return _proc_uid(pid) == uid and _proc_comm(pid) in DAEMON_COMMS
+
+
 def _daemon_procs(uid: int, userns: set[str]) -> list[int]:
     """Processes that belong to *uid*'s daemon: known command names run by
     the uid, plus anything (also container processes running as subuids) in
     the daemon's user namespace.  User logins (ssh, cron) of the same uid are
     in the initial namespace and not matched, so they survive a stop."""
     me = os.getpid()
-    out = []
-    for p in _all_pids():
-        if p == me or _proc_is_zombie(p):
-            continue
-        ns = _proc_userns(p)
-        if ns and ns in userns:
-            out.append(p)
-            continue
-        if _proc_uid(p) == uid and _proc_comm(p) in DAEMON_COMMS:
-            out.append(p)
-    return out
+    return [p for p in _all_pids() if p != me and not _proc_is_zombie(p) and _belongs_to_daemon(p, uid, userns)]
 
 
-def _signal_all(pids: Iterable[int], sig: int) -> int:
-    n = 0
-    for p in pids:
-        try:
-            os.kill(p, sig)
-            n += 1
-        except ProcessLookupError:
-            pass
-    return n
+def _signal_verified(pid: int, sig: int, check: Callable[[int], bool]) -> bool:
+    """Send *sig* to *pid* only if *check(pid)* holds for the very process signalled.
+
+    ``pidfd_open`` pins the process first; *check* then reads ``/proc/PID``
+    (uid, command name, namespace) while the pidfd holds it; the signal goes
+    through the pidfd, so if that process exited meanwhile (and its pid was
+    handed to another process) it reaches nobody (ESRCH), never the new one.
+    Without pidfds (kernel before 5.3) it falls back to check + ``os.kill``,
+    where a pid reused in between could still be hit: PIDFD_FALLBACK says so.
+    """
+    if not hasattr(os, "pidfd_open"):
+        return _signal_checked_by_number(pid, sig, check)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+            raise
+        return _signal_checked_by_number(pid, sig, check)
+    try:
+        if not check(pid):
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+#: Set once pidfds were found missing; then signals go by number after the check.
+PIDFD_FALLBACK = False
+
+
+def _signal_checked_by_number(pid: int, sig: int, check: Callable[[int], bool]) -> bool:
+    global PIDFD_FALLBACK
+    PIDFD_FALLBACK = True
+    if not check(pid):
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _signal_all(pids: Iterable[int], sig: int, check: Optional[Callable[[int], bool]] = None) -> int:
+    """Signal each pid that (still) passes *check* (default: alive); how many were signalled."""
+    check = check or _alive
+    return sum(_signal_verified(p, sig, check) for p in pids)
 
 
 def _wait_gone(pids: Iterable[int], deadline: float) -> list[int]:
@@ -798,32 +805,48 @@ def _wait_gone(pids: Iterable[int], deadline: float) -> list[int]:
 # --------------------------------------------------------------------------
 
 
-def _log_tail(path: str, start: int = 0, lines: int = 20) -> str:
+#: How much of the end of a log is read, and the mark before each log line shown.
+LOG_TAIL_BYTES = 64 * 1024
+LOG_LINE_MARK = "  | "
+
+
+def _log_lines(path: str, start: int = 0, lines: int = 20) -> list[str]:
+    """The last *lines* lines of a student-writable log, each made printable (safetext)."""
     try:
         d, name = os.path.split(path)
         dfd = os.open(d, _O_DIR)
         try:
-            fd = _open_regular(dfd, name, os.O_RDONLY, what=path)
+            fd = safefs.open_regular(dfd, name, os.O_RDONLY, shown=path)
         finally:
             os.close(dfd)
         with os.fdopen(fd, "rb") as f:
             size = f.seek(0, os.SEEK_END)
-            f.seek(max(start, size - 64 * 1024))
-            text = f.read().decode("utf-8", errors="replace")
-    except (OSError, DaemonError) as e:
-        return f"(cannot read {path}: {e})"
-    return "\n".join(text.splitlines()[-lines:])
+            f.seek(max(start, size - LOG_TAIL_BYTES))
+            data = f.read(LOG_TAIL_BYTES)
+    except FileNotFoundError:
+        return []
+    except (OSError, safefs.UnsafePathError) as e:
+        return [f"(cannot read {path}: {printable(e)})"]
+    return printable_lines(data, limit_lines=lines)
 
 
+def _log_tail(path: str, start: int = 0, lines: int = 20) -> str:
+    """The log's last lines for a message: printable, each marked so it cannot pass for a line of ours."""
+    return "\n".join(LOG_LINE_MARK + line for line in _log_lines(path, start, lines)) or LOG_LINE_MARK + "(empty)"
+
+
+@_safe
 def _open_log(paths: DaemonPaths, pw: pwd.struct_passwd) -> tuple[int, int]:
-    """Open (create) the log in the runtime dir for appending; (fd, offset)."""
+    """Open (create) the log in the runtime dir for appending; (fd, offset).
+
+    A log we create is handed to the user; an existing one must already be
+    theirs (safefs.open_or_create refuses anything else)."""
     dfd = os.open(paths.runtime_dir, _O_DIR)
     try:
         name = os.path.basename(paths.log_file)
-        fd = _open_regular(dfd, name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, what=paths.log_file)
+        fd = safefs.open_or_create(dfd, name, os.O_WRONLY | os.O_APPEND, (pw.pw_uid, pw.pw_gid), paths.log_file)
     finally:
         os.close(dfd)
-    _chown_if_root(fd, pw.pw_uid, pw.pw_gid)
     if os.fstat(fd).st_size > LOG_MAX_BYTES:
         os.ftruncate(fd, 0)
     offset = os.lseek(fd, 0, os.SEEK_END)
@@ -845,10 +868,12 @@ class _Lock:
     def __enter__(self) -> "_Lock":
         dfd = os.open(self.paths.runtime_dir, _O_DIR)
         try:
-            self.fd = _open_regular(dfd, os.path.basename(self.paths.lock_file), os.O_RDWR | os.O_CREAT, 0o600, what=self.paths.lock_file)
+            owner = (self.pw.pw_uid, self.pw.pw_gid)
+            self.fd = safefs.open_or_create(dfd, os.path.basename(self.paths.lock_file), os.O_RDWR, owner, self.paths.lock_file)
+        except safefs.UnsafePathError as e:
+            raise DaemonError(str(e)) from e
         finally:
             os.close(dfd)
-        _chown_if_root(self.fd, self.pw.pw_uid, self.pw.pw_gid)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -918,7 +943,14 @@ def _child_env(pw: pwd.struct_passwd, paths: DaemonPaths, bins: dict[str, str], 
     return env
 
 
-def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, timeout: float = 60) -> int:
+def start_daemon(
+    pw: pwd.struct_passwd,
+    *,
+    gpu_stub_dir: Optional[str] = None,
+    timeout: float = 60,
+    systemd: Optional[bool] = None,
+    run: commands.Runner = commands.run,
+) -> int:
     """Start *pw*'s rootless dockerd unless it already answers; return its pid.
 
     We run rootlesskit ourselves instead of plain ``dockerd-rootless.sh``
@@ -929,52 +961,26 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
     ``nvidia-container-runtime-hook`` there at start (a real one on GPU
     hosts, an ``exit 0`` stub on a *simulated GPU host*).
 
-    Raises DaemonError with a fix (tun device, subuids, missing packages) or
-    with the last lines of the log when the daemon dies or does not answer
-    within *timeout* seconds (a timed-out start is torn down again).
+    Where systemd is PID 1 (*systemd* None: detected) the daemon is never a
+    child of the caller -- it would live in the caller's cgroup, i.e. the
+    hub's: it is started as a transient unit in the user's own systemd
+    (``systemd-run --user --machine=USER@``, in ``user-UID.slice``), see
+    :func:`systemd_run_cmd`.  Without systemd it is started by hand, in its
+    own session.  *run* runs systemd-run/systemctl (tests record it).
+
+    Raises DaemonError with a fix (tun device, subuids, missing packages,
+    the user's systemd not running) or with the last lines of the log when
+    the daemon dies or does not answer within *timeout* seconds (a timed-out
+    start is torn down again).
     """
     deadline = time.monotonic() + timeout
-    uid, gid = pw.pw_uid, pw.pw_gid
-    paths = daemon_paths(uid)
-    if os.geteuid() not in (0, uid):
-        raise DaemonError(f"starting the daemon of {pw.pw_name} needs root (or to be {pw.pw_name}); run as root.")
-    if uid == 0:
-        raise DaemonError("refusing to start a rootless daemon for root; use a normal user.")
-    if gpu_stub_dir is not None:
-        hook = os.path.join(gpu_stub_dir, "nvidia-container-runtime-hook")
-        if not (os.path.isfile(hook) and os.access(hook, os.X_OK)):
-            raise DaemonError(f"gpu_stub_dir {gpu_stub_dir} has no executable nvidia-container-runtime-hook.")
+    paths = daemon_paths(pw.pw_uid)
+    _check_can_start(pw, gpu_stub_dir)
     ensure_runtime_dir(pw)
     with _Lock(paths, pw, max(1.0, deadline - time.monotonic())):
-        # Idempotence: a daemon that answers is kept as is.
-        pid = _running_dockerd(paths)
-        if pid and ping(paths.socket):
-            if _read_pid_file(paths.pid_file) != pid:
-                _record_pid(paths, pid, uid, gid)
-            return pid
+        pid = _already_running(pw, paths, deadline)
         if pid:
-            # Alive but not (yet) answering: maybe still starting elsewhere.
-            while time.monotonic() < deadline and _alive(pid):
-                if ping(paths.socket):
-                    return pid
-                time.sleep(_POLL)
-            raise DaemonError(
-                f"dockerd of {pw.pw_name} (pid {pid}) is running but does not answer on {paths.socket}; "
-                f"stop it (rootless-gpu-admin stop-daemon {pw.pw_name}) and start again. Log: {paths.log_file}\n"
-                + _log_tail(paths.log_file)
-            )
-        if ping(paths.socket):
-            raise DaemonError(
-                f"something answers on {paths.socket} but no dockerd of uid {uid} runs; "
-                f"find it with: fuser {paths.socket}"
-            )
-        leftovers = _find_procs(uid, ("rootlesskit",))
-        if leftovers:
-            raise DaemonError(
-                f"rootlesskit of {pw.pw_name} still runs (pids {leftovers}) without a dockerd; "
-                f"stop it first (rootless-gpu-admin stop-daemon {pw.pw_name})."
-            )
-
+            return pid
         check_tun(pw)
         check_subids(pw)
         bins = find_binaries()
@@ -982,66 +988,192 @@ def start_daemon(pw: pwd.struct_passwd, *, gpu_stub_dir: Optional[str] = None, t
         # ("pid file found, ensure docker is not running").
         _unlink_in(paths.runtime_dir, [os.path.basename(paths.socket), os.path.basename(paths.pid_file),
                                        os.path.basename(paths.rootlesskit_pid_file)])
-
-        cmd = [
-            bins["rootlesskit"],
-            *ROOTLESSKIT_FLAGS,
-            f"--state-dir={paths.runtime_dir}/dockerd-rootless",
-            bins["dockerd-rootless.sh"],
-        ]
-        if os.geteuid() == 0:
-            setpriv = shutil.which("setpriv", path=":".join(_search_dirs()))
-            if not setpriv:
-                raise DaemonError("setpriv not found (Debian package 'util-linux'); it drops root to the user.")
-            cmd = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--init-groups", *cmd]
         # A killed rootlesskit leaves sockets in its state dir; start clean.
         _rm_stale_state_dir(paths)
+        cmd = [bins["rootlesskit"], *ROOTLESSKIT_FLAGS, f"--state-dir={paths.runtime_dir}/dockerd-rootless",
+               bins["dockerd-rootless.sh"]]
+        env = _child_env(pw, paths, bins, gpu_stub_dir)
+        in_user_manager = systemd_running() if systemd is None else systemd
         logfd, offset = _open_log(paths, pw)
         try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=logfd,
-                stderr=logfd,
-                env=_child_env(pw, paths, bins, gpu_stub_dir),
-                cwd="/",
-                start_new_session=True,
-                close_fds=True,
-            )
+            if in_user_manager:
+                launched = _launch_in_user_manager(pw, paths, cmd, env, run)
+            else:
+                launched = _launch_by_hand(pw, paths, cmd, env, logfd)
         finally:
             os.close(logfd)
-        dfd = os.open(paths.runtime_dir, _O_DIR)
-        try:
-            _write_pid_file(dfd, os.path.basename(paths.rootlesskit_pid_file), proc.pid, uid, gid)
-        finally:
-            os.close(dfd)
+        _wait_first_answer(pw, paths, launched, deadline, timeout, offset)
+        return _dockerd_pid(paths, pw)
 
-        while True:
-            rc = proc.poll()
-            if rc is not None:
-                raise DaemonError(
-                    f"rootless dockerd of {pw.pw_name} exited with code {rc} before answering on {paths.socket}. "
-                    f"Last lines of {paths.log_file}:\n" + _log_tail(paths.log_file, offset)
-                )
-            if os.path.exists(paths.socket) and ping(paths.socket, timeout=1.0):
-                break
-            if time.monotonic() >= deadline:
-                tail = _log_tail(paths.log_file, offset)
-                _stop_locked(pw, paths, 10.0)
-                raise DaemonError(
-                    f"rootless dockerd of {pw.pw_name} did not answer on {paths.socket} within {timeout:.0f}s "
-                    f"(stopped again). Last lines of {paths.log_file}:\n" + tail
-                )
-            time.sleep(_POLL)
 
-        pid = _owned_pid(_read_pid_file(paths.pid_file), uid, ("dockerd",))
-        if not pid:
-            found = _find_procs(uid, ("dockerd",))
-            if not found:
-                raise DaemonError(f"{paths.socket} answers but no dockerd of uid {uid} was found; see {paths.log_file}")
-            pid = min(found)
-            _record_pid(paths, pid, uid, gid)
+def _check_can_start(pw: pwd.struct_passwd, gpu_stub_dir: Optional[str]) -> None:
+    if os.geteuid() not in (0, pw.pw_uid):
+        raise DaemonError(f"starting the daemon of {pw.pw_name} needs root (or to be {pw.pw_name}); run as root.")
+    if pw.pw_uid == 0:
+        raise DaemonError("refusing to start a rootless daemon for root; use a normal user.")
+    if gpu_stub_dir is not None:
+        hook = os.path.join(gpu_stub_dir, "nvidia-container-runtime-hook")
+        if not (os.path.isfile(hook) and os.access(hook, os.X_OK)):
+            raise DaemonError(f"gpu_stub_dir {gpu_stub_dir} has no executable nvidia-container-runtime-hook.")
+
+
+def _already_running(pw: pwd.struct_passwd, paths: DaemonPaths, deadline: float) -> Optional[int]:
+    """Idempotence: the pid of a daemon that answers (kept as is), None when none runs; else DaemonError."""
+    uid = pw.pw_uid
+    pid = _running_dockerd(paths)
+    if pid and ping(paths.socket, uid=uid):
+        if _read_pid_file(paths.pid_file) != pid:
+            _record_pid(paths, pid, uid, pw.pw_gid)
         return pid
+    if pid:
+        # Alive but not (yet) answering: maybe still starting elsewhere.
+        while time.monotonic() < deadline and _alive(pid):
+            if ping(paths.socket, uid=uid):
+                return pid
+            time.sleep(_POLL)
+        raise DaemonError(
+            f"dockerd of {pw.pw_name} (pid {pid}) is running but does not answer on {paths.socket}; "
+            f"stop it (rootless-gpu-admin stop-daemon {pw.pw_name}) and start again. Log: {paths.log_file}\n"
+            + _log_tail(paths.log_file)
+        )
+    if ping(paths.socket, uid=uid):
+        raise DaemonError(
+            f"something answers on {paths.socket} but no dockerd of uid {uid} runs; "
+            f"find it with: fuser {paths.socket}"
+        )
+    leftovers = _find_procs(uid, ("rootlesskit",))
+    if leftovers:
+        raise DaemonError(
+            f"rootlesskit of {pw.pw_name} still runs (pids {leftovers}) without a dockerd; "
+            f"stop it first (rootless-gpu-admin stop-daemon {pw.pw_name})."
+        )
+    return None
+
+
+class _HandStarted:
+    """A daemon we started ourselves (no systemd): our child, in its own session."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def ended(self) -> Optional[str]:
+        rc = self.proc.poll()
+        return None if rc is None else f"exited with code {rc}"
+
+
+def _launch_by_hand(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict, logfd: int) -> _HandStarted:
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv", path=":".join(_search_dirs()))
+        if not setpriv:
+            raise DaemonError("setpriv not found (Debian package 'util-linux'); it drops root to the user.")
+        cmd = [setpriv, f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", *cmd]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, env=env, cwd="/",
+                            start_new_session=True, close_fds=True)
+    dfd = os.open(paths.runtime_dir, _O_DIR)
+    try:
+        _write_pid_file(dfd, os.path.basename(paths.rootlesskit_pid_file), proc.pid, pw.pw_uid, pw.pw_gid)
+    finally:
+        os.close(dfd)
+    return _HandStarted(proc)
+
+
+#: The transient unit, in the user's own systemd, that runs a daemon we start.
+DAEMON_UNIT = "rgs-dockerd.service"
+SYSTEMD_MARKER = "/run/systemd/system"
+
+
+def systemd_running(marker: Optional[str] = None) -> bool:
+    """systemd is PID 1 (its own test: sd_booted() checks this directory)."""
+    return os.path.isdir(marker or SYSTEMD_MARKER)
+
+
+def systemctl_user_cmd(pw: pwd.struct_passwd, *args: str) -> list[str]:
+    """``systemctl --user`` in *pw*'s user manager (needs systemd >= 248)."""
+    return ["systemctl", "--user", f"--machine={pw.pw_name}@", "--no-pager", *args]
+
+
+def systemd_run_cmd(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict) -> list[str]:
+    """systemd-run for *cmd* as a transient unit in *pw*'s own systemd (user-UID.slice).
+
+    Why the user's manager (``--user --machine=USER@``) rather than a system
+    unit (``--uid=UID --slice=user-UID.slice``): everything about the unit
+    happens as the student -- the user manager opens the log file in
+    /run/user/UID, so PID 1 never opens a student-controlled path as root --
+    it sits in user@UID.service under user-UID.slice with the cgroup
+    delegation a rootless daemon expects, and it is the same manager that
+    runs the unit-file daemon.  It needs that manager running (linger),
+    which bootstrap sets up on systemd hosts; otherwise start refuses.
+    """
+    systemd_run = find_binary("systemd-run") or "systemd-run"
+    return [
+        systemd_run, "--user", f"--machine={pw.pw_name}@", f"--unit={DAEMON_UNIT}", "--collect", "--quiet",
+        "--property=Type=exec", f"--property=StandardOutput=append:{paths.log_file}",
+        f"--property=StandardError=append:{paths.log_file}", "--working-directory=/",
+        *(f"--setenv={k}={v}" for k, v in env.items()), "--", *cmd,
+    ]
+
+
+class _UnitStarted:
+    """A daemon running as DAEMON_UNIT in the user's systemd; asks it (at most once a second) whether it ended."""
+
+    def __init__(self, pw: pwd.struct_passwd, run: commands.Runner):
+        self.pw, self.run, self.next_check = pw, run, 0.0
+
+    def ended(self) -> Optional[str]:
+        if time.monotonic() < self.next_check:
+            return None
+        self.next_check = time.monotonic() + 1.0
+        p = self.run(systemctl_user_cmd(self.pw, "is-active", DAEMON_UNIT), timeout=10)
+        state = (p.stdout or "").strip()
+        if state in ("active", "activating", "reloading"):
+            return None
+        return f"ended (its unit {DAEMON_UNIT} is {printable(state, 40)})"
+
+
+def _launch_in_user_manager(
+    pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict, run: commands.Runner
+) -> _UnitStarted:
+    p = run(systemd_run_cmd(pw, paths, cmd, env), timeout=60)
+    if p.returncode != 0:
+        why = printable(((p.stderr or "") + (p.stdout or "")).strip()[-300:], 300)
+        raise DaemonError(
+            f"systemd-run could not start {pw.pw_name}'s daemon in their own systemd (user-{pw.pw_uid}.slice): {why}. "
+            f"Their user manager must run: loginctl enable-linger {pw.pw_name} "
+            f"(or: rootless-gpu-admin bootstrap --user {pw.pw_name}), then start again."
+        )
+    return _UnitStarted(pw, run)
+
+
+def _wait_first_answer(pw, paths: DaemonPaths, launched, deadline: float, timeout: float, offset: int) -> None:
+    """Until the socket answers; DaemonError with the log tail when the daemon ends or *deadline* passes."""
+    while True:
+        ended = launched.ended()
+        if ended is not None:
+            raise DaemonError(
+                f"rootless dockerd of {pw.pw_name} {ended} before answering on {paths.socket}. "
+                f"Last lines of {paths.log_file}:\n" + _log_tail(paths.log_file, offset)
+            )
+        if os.path.exists(paths.socket) and ping(paths.socket, timeout=1.0, uid=pw.pw_uid):
+            return
+        if time.monotonic() >= deadline:
+            tail = _log_tail(paths.log_file, offset)
+            _stop_locked(pw, paths, 10.0)
+            raise DaemonError(
+                f"rootless dockerd of {pw.pw_name} did not answer on {paths.socket} within {timeout:.0f}s "
+                f"(stopped again). Last lines of {paths.log_file}:\n" + tail
+            )
+        time.sleep(_POLL)
+
+
+def _dockerd_pid(paths: DaemonPaths, pw: pwd.struct_passwd) -> int:
+    pid = _owned_pid(_read_pid_file(paths.pid_file), pw.pw_uid, ("dockerd",))
+    if not pid:
+        found = _find_procs(pw.pw_uid, ("dockerd",))
+        if not found:
+            raise DaemonError(f"{paths.socket} answers but no dockerd of uid {pw.pw_uid} was found; see {paths.log_file}")
+        pid = min(found)
+        _record_pid(paths, pid, pw.pw_uid, pw.pw_gid)
+    return pid
 
 
 def _rm_stale_state_dir(paths: DaemonPaths) -> None:
@@ -1080,13 +1212,14 @@ def _stop_locked(pw: pwd.struct_passwd, paths: DaemonPaths, timeout: float) -> b
             if ns and ns != init_ns and ns != _proc_userns(os.getpid()):
                 userns.add(ns)
     stopped = False
+    ours = lambda p: _belongs_to_daemon(p, uid, userns)  # noqa: E731 - re-checked on each pidfd
     # 1. dockerd first, gracefully: it stops containers and unmounts.
     if dockerd:
-        stopped |= _signal_all([dockerd], signal.SIGTERM) > 0
+        stopped |= _signal_all([dockerd], signal.SIGTERM, ours) > 0
         _wait_gone([dockerd], min(deadline, time.monotonic() + max(1.0, timeout * 0.6)))
     # 2. rootlesskit (normally gone already, it exits with its child).
     if rks:
-        stopped |= _signal_all(rks, signal.SIGTERM) > 0
+        stopped |= _signal_all(rks, signal.SIGTERM, ours) > 0
         _wait_gone(rks, min(deadline, time.monotonic() + 3.0))
     # 3. whatever is left of it: TERM, bounded wait, KILL.
     #    The KILL wait is not cut by the caller's timeout: we must not return
@@ -1095,7 +1228,7 @@ def _stop_locked(pw: pwd.struct_passwd, paths: DaemonPaths, timeout: float) -> b
         left = _daemon_procs(uid, userns)
         if not left:
             break
-        stopped |= _signal_all(left, sig) > 0
+        stopped |= _signal_all(left, sig, ours) > 0
         now = time.monotonic()
         _wait_gone(left, now + grace if sig == signal.SIGKILL else max(now + 0.5, min(deadline, now + grace)))
     left = _daemon_procs(uid, userns)
@@ -1140,61 +1273,64 @@ def daemon_status(pw: pwd.struct_passwd, timeout: float = 5.0) -> dict:
     docker_host, socket_exists, socket_uid, rootless (the daemon says
     ``name=rootless`` in SecurityOptions: proves it is *not* the rootful
     daemon), server_version, api_version, cgroup_driver, log_file, error
-    (None or a sentence).  Never raises for daemon problems.
+    (None or a sentence), log_tail (when not running: the last lines of the
+    log, each made printable).  Strings that come from the daemon are made
+    printable and bounded.  Never raises for daemon problems.
     """
     paths = daemon_paths(pw.pw_uid)
     st: dict = {
-        "user": pw.pw_name,
-        "uid": pw.pw_uid,
-        "running": False,
-        "pid": None,
-        "rootlesskit_pid": None,
-        "socket": paths.socket,
-        "docker_host": paths.docker_host,
-        "socket_exists": False,
-        "socket_uid": None,
-        "rootless": None,
-        "server_version": None,
-        "api_version": None,
-        "cgroup_driver": None,
-        "log_file": paths.log_file,
-        "error": None,
+        "user": pw.pw_name, "uid": pw.pw_uid, "running": False, "pid": None, "rootlesskit_pid": None,
+        "socket": paths.socket, "docker_host": paths.docker_host, "socket_exists": False, "socket_uid": None,
+        "rootless": None, "server_version": None, "api_version": None, "cgroup_driver": None,
+        "log_file": paths.log_file, "error": None, "log_tail": [],
     }
     st["pid"] = _running_dockerd(paths)
     st["rootlesskit_pid"] = _owned_pid(_read_pid_file(paths.rootlesskit_pid_file), pw.pw_uid, ("rootlesskit",))
+    st["error"] = _socket_problem(pw, paths, st) or _ask_daemon(pw, paths, st, timeout)
+    if not st["running"]:
+        st["log_tail"] = _log_lines(paths.log_file, lines=STATUS_LOG_LINES)
+    return st
+
+
+#: Log lines daemon_status (and so doctor and status) shows for a daemon that is not running.
+STATUS_LOG_LINES = 5
+
+
+def _socket_problem(pw: pwd.struct_passwd, paths: DaemonPaths, st: dict) -> Optional[str]:
+    """Why the socket cannot be the user's daemon (None: it may be); fills socket_exists/socket_uid."""
     try:
         s = os.lstat(paths.socket)
-        st["socket_exists"] = stat.S_ISSOCK(s.st_mode)
-        st["socket_uid"] = s.st_uid
     except FileNotFoundError:
-        st["error"] = f"no socket {paths.socket}: the daemon of {pw.pw_name} is not started (rootless-gpu-admin start-daemon {pw.pw_name})"
-        return st
+        return f"no socket {paths.socket}: the daemon of {pw.pw_name} is not started (rootless-gpu-admin start-daemon {pw.pw_name})"
     except OSError as e:
-        st["error"] = f"cannot stat {paths.socket}: {e}"
-        return st
+        return f"cannot stat {paths.socket}: {e}"
+    st["socket_exists"], st["socket_uid"] = stat.S_ISSOCK(s.st_mode), s.st_uid
     if not st["socket_exists"]:
-        st["error"] = f"{paths.socket} is not a socket"
-        return st
-    if st["socket_uid"] != pw.pw_uid:
-        st["error"] = f"{paths.socket} is owned by uid {st['socket_uid']}, not {pw.pw_uid}; refusing to trust it"
-        return st
-    st["running"] = ping(paths.socket, timeout=min(timeout, 2.0))
-    if not st["running"]:
-        st["error"] = f"{paths.socket} exists but does not answer /_ping (stale? restart the daemon). Log: {paths.log_file}"
-        return st
+        return f"{paths.socket} is not a socket"
+    if s.st_uid != pw.pw_uid:
+        return f"{paths.socket} is owned by uid {s.st_uid}, not {pw.pw_uid}; refusing to trust it"
+    return None
+
+
+def _ask_daemon(pw: pwd.struct_passwd, paths: DaemonPaths, st: dict, timeout: float) -> Optional[str]:
+    """Ping, /info and /version (bounded, peer uid checked); fills the daemon's facts, returns the problem."""
     try:
-        code, body = api_get(paths.socket, "/info", timeout=timeout)
-        info = json.loads(body) if code == 200 else {}
-        code, body = api_get(paths.socket, "/version", timeout=timeout)
-        ver = json.loads(body) if code == 200 else {}
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        st["error"] = f"/info or /version failed: {e}"
-        return st
-    sec = info.get("SecurityOptions") or []
+        st["running"] = ping(paths.socket, timeout=min(timeout, 2.0), uid=pw.pw_uid)
+    except PeerMismatch as e:
+        return str(e)
+    if not st["running"]:
+        return f"{paths.socket} exists but does not answer /_ping (stale? restart the daemon). Log: {paths.log_file}"
+    try:
+        info, ver = (_api_object(paths.socket, p, timeout, pw.pw_uid) for p in ("/info", "/version"))
+    except (OSError, http.client.HTTPException, PeerMismatch) as e:
+        return f"/info or /version failed: {printable(e)}"
+    except boundedjson.UntrustedJSONError as e:
+        return f"the daemon on {paths.socket} answered /info or /version with a document that is {e}; restart it"
     st["rootless"] = is_rootless(info)
-    st["server_version"] = ver.get("Version") or info.get("ServerVersion")
-    st["api_version"] = ver.get("ApiVersion")
-    st["cgroup_driver"] = info.get("CgroupDriver")
+    for key, value in (("server_version", ver.get("Version") or info.get("ServerVersion")),
+                       ("api_version", ver.get("ApiVersion")), ("cgroup_driver", info.get("CgroupDriver"))):
+        st[key] = None if value is None else printable(value, 100)
     if not st["rootless"]:
-        st["error"] = f"the daemon on {paths.socket} is NOT rootless (SecurityOptions {sec}); do not use it"
-    return st
+        sec = printable(info.get("SecurityOptions"), 300)
+        return f"the daemon on {paths.socket} is NOT rootless (SecurityOptions {sec}); do not use it"
+    return None

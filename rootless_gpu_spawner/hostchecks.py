@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import glob
 import grp
-import json
+import http.client
 import os
 import pwd
 import stat
@@ -27,7 +27,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Optional
 
-from . import daemonctl, nvidiaconf, service
+from . import boundedjson, daemonctl, nvidiaconf, service
 from .daemonctl import DaemonError
 
 #: Where useradd starts allocating subordinate ids (SUB_UID_MIN in login.defs).
@@ -515,11 +515,11 @@ def daemon_facts(pw: pwd.struct_passwd) -> DaemonFacts:
     facts = DaemonFacts(st)
     if st["running"]:
         try:
-            code, body = daemonctl.api_get(st["socket"], "/info", timeout=5)
+            code, body = daemonctl.api_get(st["socket"], "/info", timeout=5, limit=boundedjson.MAX_BYTES, uid=pw.pw_uid)
             if code == 200:
-                facts.info = json.loads(body)
-        except (OSError, ValueError):
-            pass
+                facts.info = boundedjson.loads_object(body)
+        except (OSError, http.client.HTTPException, DaemonError, boundedjson.UntrustedJSONError):
+            pass  # daemon_status already said what is wrong with the daemon
     facts.rootlesskit = rootlesskit_args(pw.pw_uid)
     return facts
 
@@ -537,10 +537,16 @@ def check_daemon(pw: pwd.struct_passwd, facts: DaemonFacts) -> Check:
                       f"stop whatever serves {st['socket']} (fuser {st['socket']}), then: {start}", pw.pw_name)
     if st.get("pid") and not st.get("running"):
         gone = "" if st.get("socket_exists") else " (the socket is gone: was the runtime dir removed?)"
-        return failed(name, f"dockerd (pid {st['pid']}) runs but does not answer on {st['socket']}{gone}",
+        return failed(name, f"dockerd (pid {st['pid']}) runs but does not answer on {st['socket']}{gone}" + _last_log_lines(st),
                       f"{ADMIN} stop-daemon {pw.pw_name} && {start}  (log: {st['log_file']})", pw.pw_name)
-    return failed(name, st.get("error") or f"not running: no answer on {st['socket']}",
+    return failed(name, (st.get("error") or f"not running: no answer on {st['socket']}") + _last_log_lines(st),
                   f"{start}  (or: {ADMIN} bootstrap --user {pw.pw_name}; log: {st['log_file']})", pw.pw_name)
+
+
+def _last_log_lines(st: dict) -> str:
+    """The last log lines daemon_status read (already printable), marked as the log's."""
+    tail = st.get("log_tail") or []
+    return "".join(f"\n{daemonctl.LOG_LINE_MARK}{line}" for line in tail)
 
 
 def _norm_urls(urls) -> list[str]:
@@ -559,20 +565,24 @@ def check_daemon_json(pw: pwd.struct_passwd, facts: Optional[DaemonFacts] = None
         return warned(name, f"{shown} does not exist: no registry mirror, 'docker pull' by the student goes to "
                             "Docker Hub directly (a rootless daemon ignores /etc/docker/daemon.json)", mirror_fix, pw.pw_name)
     try:
-        data = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-    except (UnicodeDecodeError, ValueError) as e:
-        return failed(name, f"{shown} is not valid JSON ({e}): the daemon will not start with it",
+        data = boundedjson.loads(raw) if raw.strip() else {}
+    except boundedjson.UntrustedJSONError as e:
+        return failed(name, f"{shown} is {e}: the daemon will not start with it",
                       f"fix {shown} (or move it away), then: {ADMIN} bootstrap --user {pw.pw_name}", pw.pw_name)
     if not isinstance(data, dict):
         return failed(name, f"{shown} does not hold a JSON object: the daemon will not start with it",
                       f"fix {shown} (or move it away), then: {ADMIN} bootstrap --user {pw.pw_name}", pw.pw_name)
     mirrors = data.get("registry-mirrors") or []
+    if not isinstance(mirrors, list):
+        return failed(name, f"{shown}: registry-mirrors is not a list: the daemon will not start with it",
+                      f"fix {shown} (or move it away), then: {ADMIN} bootstrap --user {pw.pw_name}", pw.pw_name)
     others = sorted(k for k in data if k not in ("registry-mirrors", "insecure-registries"))
     kept = f"; other keys kept: {', '.join(others)}" if others else ""
     if not mirrors:
         return warned(name, f"{shown} sets no registry-mirrors{kept}: pulls go to Docker Hub directly", mirror_fix, pw.pw_name)
     if facts is not None and facts.up and facts.info:
-        loaded = (facts.info.get("RegistryConfig") or {}).get("Mirrors") or []
+        registry = facts.info.get("RegistryConfig")
+        loaded = (registry.get("Mirrors") if isinstance(registry, dict) else None) or []
         if _norm_urls(loaded) != _norm_urls(mirrors):
             return failed(
                 name,

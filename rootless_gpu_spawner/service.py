@@ -12,10 +12,14 @@ Debian's 20.10 script hard-codes ``--disable-host-loopback``, so for such a
 script the drop-in also replaces ``ExecStart`` with the rootlesskit command
 that :func:`daemonctl.start_daemon` uses.
 
-Without systemd (containers, minimal VMs, CI) :mod:`daemonctl` starts the
-daemon by hand.  :func:`start_daemon_for` picks the right way; the admin
-CLI's ``start-daemon``/``stop-daemon``/``bootstrap`` and the spawner use it,
-so there is one code path for both.
+Without the unit file (not installed yet, or deleted by the student)
+:mod:`daemonctl` starts the daemon itself: on a systemd host as a transient
+unit in the user's own systemd (``systemd-run --user --machine=USER@``, so it
+lives in ``user-UID.slice``, never in the caller's -- the hub's -- cgroup),
+without systemd (containers, minimal VMs, CI) by hand.
+:func:`start_daemon_for` picks the right way; the admin CLI's
+``start-daemon``/``stop-daemon``/``bootstrap`` and the spawner use it, so
+there is one code path for both.
 """
 
 from __future__ import annotations
@@ -24,25 +28,25 @@ import os
 import pwd
 import subprocess
 import time
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
-from . import daemonctl
+from . import commands, daemonctl
 from .accounts import SYSTEM_USERNAME
 from .daemonctl import DaemonError
 
-SYSTEMD_MARKER = "/run/systemd/system"
+SYSTEMD_MARKER = daemonctl.SYSTEMD_MARKER
 LINGER_DIR = "/var/lib/systemd/linger"
 UNIT = "docker.service"
 UNIT_REL = ".config/systemd/user/docker.service"
 DROPIN_REL = ".config/systemd/user/docker.service.d/override.conf"
 LOOPBACK_ENV = "DOCKERD_ROOTLESS_ROOTLESSKIT_DISABLE_HOST_LOOPBACK"
 
-Runner = Callable[..., subprocess.CompletedProcess]
+Runner = commands.Runner
 
 
-def systemd_running(marker: str = SYSTEMD_MARKER) -> bool:
+def systemd_running(marker: Optional[str] = None) -> bool:
     """systemd is PID 1 (its own test: sd_booted() checks this directory)."""
-    return os.path.isdir(marker)
+    return daemonctl.systemd_running(marker)
 
 
 def linger_enabled(name: str, linger_dir: str = LINGER_DIR) -> bool:
@@ -88,13 +92,13 @@ def dropin_text(script: Optional[str] = None, rootlesskit: Optional[str] = None)
     return "\n".join(lines) + "\n"
 
 
-def _run(cmd: list[str], *, timeout: float = 120, env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env)
+#: Runs host commands (usermod, loginctl, systemctl, the setup tool as the user): see commands.run.
+_run = commands.run
 
 
 def systemctl_user(pw: pwd.struct_passwd, *args: str, run: Runner = _run, timeout: float = 120) -> subprocess.CompletedProcess:
     """``systemctl --user`` in *pw*'s user manager (needs systemd >= 248)."""
-    return run(["systemctl", "--user", f"--machine={pw.pw_name}@", "--no-pager", *args], timeout=timeout)
+    return run(daemonctl.systemctl_user_cmd(pw, *args), timeout=timeout)
 
 
 def as_user_env(pw: pwd.struct_passwd) -> dict:
@@ -142,7 +146,7 @@ def _wait_answering(pw: pwd.struct_passwd, deadline: float) -> int:
         time.sleep(0.3)
 
 
-def uses_systemd(pw: pwd.struct_passwd, marker: str = SYSTEMD_MARKER) -> bool:
+def uses_systemd(pw: pwd.struct_passwd, marker: Optional[str] = None) -> bool:
     """The user's daemon is a systemd user service (systemd runs and the unit is installed)."""
     return systemd_running(marker) and unit_installed(pw)
 
@@ -160,9 +164,10 @@ def start_daemon_for(
     ``start-daemon``/``bootstrap`` and the spawner).  Blocking, bounded by
     *timeout* seconds: call it from a worker thread in async code.  Where
     systemd runs and the user's ``docker.service`` is installed it does
-    ``systemctl --user start``, else it starts the daemon by hand
-    (:func:`daemonctl.start_daemon`).  Idempotent.  Raises DaemonError with
-    the fix (tun device, subuids, missing packages, log tail).
+    ``systemctl --user start``, else :func:`daemonctl.start_daemon` starts
+    it (a transient unit in the user's systemd where systemd runs, by hand
+    where it does not).  Idempotent.  Raises DaemonError with the fix (tun
+    device, subuids, missing packages, the user's systemd, log tail).
     """
     pw = _resolve(user)
     if uses_systemd(pw) and gpu_stub_dir is None:
@@ -176,7 +181,7 @@ def start_daemon_for(
                 f"systemctl --user -M {pw.pw_name}@ start {UNIT} failed: {(p.stderr or p.stdout).strip()[-500:]}"
             )
         return _wait_answering(pw, deadline)
-    return daemonctl.start_daemon(pw, gpu_stub_dir=gpu_stub_dir, timeout=timeout)
+    return daemonctl.start_daemon(pw, gpu_stub_dir=gpu_stub_dir, timeout=timeout, run=run)
 
 
 def stop_daemon_for(user: Union[str, pwd.struct_passwd], timeout: float = 30.0, *, run: Runner = _run) -> bool:

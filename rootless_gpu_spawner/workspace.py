@@ -1,18 +1,19 @@
 """The student's workspace directory: where it is, and creating it safely as root.
 
 The hub runs as root, so every step here avoids following a symlink the
-student could have planted: paths are walked with directory file descriptors
-and ``O_NOFOLLOW``, and ownership is set on the open descriptor.  Nothing here
+student could have planted: paths are walked with :mod:`safefs` (directory
+file descriptors, ``O_NOFOLLOW``, links resolved by us inside the home only),
+and ownership is set on the open descriptor after checking it.  Nothing here
 ever deletes anything.  (The bind mount itself is done by the student's own
 rootless daemon, which can only mount what the student can already read.)
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import posixpath
-import stat
+
+from . import safefs
 
 
 class WorkspaceError(RuntimeError):
@@ -47,72 +48,79 @@ def _is_within(path: str, root: str) -> bool:
 def ensure_workspace(home: str, workspace_dir: str, uid: int, gid: int, mode: int = 0o700) -> str:
     """Make sure the workspace exists and belongs to the student; return its real path.
 
-    Missing directories are created owned by ``uid:gid``.  A symlink anywhere
-    below the home is followed only when it stays inside the home (resolved);
-    one that leaves it (``~/workspace -> /etc``, or into another student's
-    home) is refused.  Existing directories are never chowned or changed.
-    New directories are 0700: another student's container runs as that
-    student's uid and must not read this one's files.
+    Missing directories are created owned by ``uid:gid`` (mode *mode*, 0700:
+    another student's container runs as that student's uid and must not read
+    this one's files).  The walk is :func:`safefs.open_dir_beneath`: no
+    symlink is followed by the kernel; one below the home is resolved
+    component by component and only while it stays inside the home
+    (``~/workspace -> /etc`` or into another student's home is refused).
+    Existing directories are never chowned or changed.
     """
     target = workspace_path(home, workspace_dir)
+    rel = posixpath.relpath(target, posixpath.normpath(home))
     real_home = os.path.realpath(home)
+    home_fd = _open_home(home, real_home, uid)
     try:
-        home_st = os.stat(real_home)
+        fd, real = safefs.open_dir_beneath(
+            home_fd, real_home, rel, create=(uid, gid), mode=mode, aliases=(posixpath.normpath(home),)
+        )
+    except safefs.UnsafePathError as e:
+        raise WorkspaceError(f"{e} (workspace {workspace_dir!r})") from None
+    finally:
+        os.close(home_fd)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_uid != uid:
+        raise WorkspaceError(
+            f"workspace {real} is owned by uid {st.st_uid}, not the student (uid {uid}): "
+            f"ask the admin to run 'chown {uid}:{gid} {real}'"
+        )
+    return real
+
+
+def _open_home(home: str, real_home: str, uid: int) -> int:
+    """An fd of the student's home (O_NOFOLLOW), which must be theirs."""
+    try:
+        fd = os.open(real_home, safefs.O_DIR)
     except FileNotFoundError:
         raise WorkspaceError(
             f"home directory {home} does not exist: ask the admin to create it "
             f"(mkhomedir or 'rootless-gpu-admin bootstrap')"
         ) from None
-    if not stat.S_ISDIR(home_st.st_mode):
-        raise WorkspaceError(f"home {home} is not a directory")
-    if home_st.st_uid != uid:
+    except NotADirectoryError:
+        raise WorkspaceError(f"home {home} is not a directory") from None
+    owner = os.fstat(fd).st_uid
+    if owner != uid:
+        os.close(fd)
         raise WorkspaceError(
-            f"home {home} is owned by uid {home_st.st_uid}, not the student (uid {uid}): "
+            f"home {home} is owned by uid {owner}, not the student (uid {uid}): "
             "refusing to create a workspace there; ask the admin to fix the ownership"
         )
+    return fd
 
-    components = posixpath.relpath(target, posixpath.normpath(home)).split("/")
-    current = real_home
-    fd = os.open(current, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+def hand_over_root_owned(home: str, workspace_dir: str, uid: int, gid: int) -> bool:
+    """Give a workspace an admin made as root to the student; True if it was root's.
+
+    The directory is reached by the same walk (nothing created, no link
+    followed by the kernel) and chowned through its fd after fstat shows a
+    directory owned by root; one owned by anybody else is left alone.
+    """
+    rel = posixpath.relpath(workspace_path(home, workspace_dir), posixpath.normpath(home))
+    real_home = os.path.realpath(home)
+    home_fd = _open_home(home, real_home, uid)
     try:
-        for i, name in enumerate(components):
-            next_path = posixpath.join(current, name)
-            try:
-                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except FileNotFoundError:
-                try:
-                    os.mkdir(name, mode, dir_fd=fd)
-                except FileExistsError:
-                    pass  # raced with another spawn; open below decides
-                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                if os.fstat(child).st_uid == 0:
-                    os.fchown(child, uid, gid)
-            except OSError as e:
-                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                # A symlink (ELOOP) or a file (ENOTDIR) is in the way.
-                if not os.path.islink(next_path):
-                    raise WorkspaceError(
-                        f"{next_path} exists and is not a directory: the student should move it "
-                        "away so the workspace can be created"
-                    ) from None
-                resolved = os.path.realpath(next_path)
-                if not _is_within(resolved, real_home):
-                    raise WorkspaceError(
-                        f"{next_path} is a symlink to {resolved}, outside {home}: refusing to "
-                        "use it as the workspace. The student should replace the link with a "
-                        "real directory inside their home."
-                    ) from None
-                child = os.open(resolved, os.O_RDONLY | os.O_DIRECTORY)
-                next_path = resolved
-            os.close(fd)
-            fd, current = child, next_path
-        st = os.fstat(fd)
-        if st.st_uid != uid:
-            raise WorkspaceError(
-                f"workspace {current} is owned by uid {st.st_uid}, not the student (uid {uid}): "
-                f"ask the admin to run 'chown {uid}:{gid} {current}'"
-            )
-        return current
+        fd, real = safefs.open_dir_beneath(home_fd, real_home, rel, aliases=(posixpath.normpath(home),))
+    except safefs.UnsafePathError as e:
+        raise WorkspaceError(str(e)) from None
+    finally:
+        os.close(home_fd)
+    try:
+        if os.fstat(fd).st_uid != 0:
+            return False
+        safefs.hand_over(fd, uid, gid, real, root_owned_ok=True)
+        return True
     finally:
         os.close(fd)

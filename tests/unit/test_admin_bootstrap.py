@@ -247,3 +247,67 @@ def test_systemd_linger_dropin_and_setuptool(pw, paths, tmp_path):
     again = {s.name: s for s in b.user(pw, start=False)}
     assert rec.calls == [] and not [s for s in again.values() if s.changed]
     assert tree_state(tmp_path) == before
+
+
+# ---------------------------------------------------------------- issue 10 #4: commands as the student, detached
+
+
+PROBE = ("import os, sys; print(os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid(), "
+         "repr(sys.stdin.read()), os.getcwd(), ' '.join(sorted(os.environ)))")
+
+
+def test_run_detaches_from_root(monkeypatch):
+    import sys
+
+    monkeypatch.setenv("RGS_ROOT_ONLY", "secret")
+    p = service._run([sys.executable, "-c", PROBE], timeout=60)
+    session, group, stdin, cwd, env = p.stdout.split(" ", 4)
+    assert (session, group, stdin, cwd) == ("True", "True", "''", "/")
+    assert "RGS_ROOT_ONLY" not in env and set(env.split()) <= {"PATH", "LANG", "LC_CTYPE"}
+    p = service._run([sys.executable, "-c", "import os; print(sorted(os.environ))"], env={"HOME": "/nonexistent"})
+    assert "HOME" in p.stdout and "RGS_ROOT_ONLY" not in p.stdout
+
+
+def test_run_timeout_kills_the_whole_group(tmp_path):
+    import sys
+    import time
+
+    pidfile = tmp_path / "grandchild"
+    script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '120']); "
+              f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(120)")
+    with pytest.raises(subprocess.TimeoutExpired):
+        service._run([sys.executable, "-c", script], timeout=2)
+    grandchild = int(pidfile.read_text())
+    for _ in range(100):  # bounded: reparented to init, it is reaped soon after SIGKILL
+        if not os.path.exists(f"/proc/{grandchild}") or service.daemonctl._proc_is_zombie(grandchild):
+            break
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{grandchild}") or service.daemonctl._proc_is_zombie(grandchild)
+
+
+def test_run_keeps_only_the_tail_of_the_output():
+    import sys
+
+    p = service._run([sys.executable, "-c", "import sys; sys.stdout.write('x' * 300000 + 'END')"])
+    assert len(p.stdout) == service.commands.OUTPUT_LIMIT and p.stdout.endswith("END")
+
+
+def test_setuptool_runs_in_its_own_session_with_the_users_env(pw, paths, monkeypatch):
+    """bootstrap on a systemd host: every command (loginctl, the setup tool as the user) is detached."""
+    real_popen = subprocess.Popen
+    calls = []
+
+    def recording_popen(cmd, **kwargs):
+        calls.append((cmd, kwargs))
+        return real_popen(["true"], **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    monkeypatch.setenv("RGS_ROOT_ONLY", "secret")
+    b = Bootstrapper(paths=paths, min_uid=0, systemd=True, runtime_dir_wait=0)
+    b.user(pw, start=False)
+    (tool,) = [(c, k) for c, k in calls if c[-1] == "install"]
+    assert tool[0][-2].endswith("dockerd-rootless-setuptool.sh")
+    assert tool[1]["env"] == service.as_user_env(pw)
+    for cmd, kwargs in calls:
+        assert kwargs["start_new_session"] is True and kwargs["stdin"] == subprocess.DEVNULL, cmd
+        assert kwargs["env"] is not None and "RGS_ROOT_ONLY" not in kwargs["env"], cmd

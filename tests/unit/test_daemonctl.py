@@ -162,3 +162,171 @@ def test_check_subids_message(pw, monkeypatch):
     monkeypatch.setattr(daemonctl, "_subid_ranges", lambda path, pw: [])
     with pytest.raises(DaemonError, match="usermod --add-subuids"):
         daemonctl.check_subids(pw)
+
+
+# ---------------------------------------------------------------- issue 10 #7: signals go through a pidfd
+
+
+@pytest.fixture
+def child():
+    import subprocess
+
+    p = subprocess.Popen(["sleep", "60"])
+    yield p
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+
+
+@pytest.fixture
+def no_kill_by_number(monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: calls.append((pid, sig)))
+    return calls
+
+
+def test_signal_goes_through_the_pidfd_after_the_check(child, no_kill_by_number):
+    import signal
+
+    assert daemonctl._signal_all([child.pid], signal.SIGTERM, lambda pid: False) == 0
+    assert child.poll() is None  # the check said no: nothing sent
+    assert daemonctl._signal_all([child.pid], signal.SIGTERM, lambda pid: pid == child.pid) == 1
+    assert child.wait(30) == -signal.SIGTERM
+    assert no_kill_by_number == []
+
+
+def test_process_gone_after_the_check_is_not_signalled_by_number(child, no_kill_by_number):
+    """Between the check and the signal the process exits (its pid free for reuse): nobody is hit."""
+    import signal
+
+    def check_then_exit(pid):
+        fd = os.pidfd_open(pid)
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        os.close(fd)
+        child.wait(30)  # reaped: the pid number may now belong to anyone
+        return True
+
+    assert daemonctl._signal_all([child.pid], signal.SIGTERM, check_then_exit) == 0
+    assert no_kill_by_number == []
+
+
+def test_without_pidfd_it_falls_back_to_check_then_kill(child, monkeypatch, no_kill_by_number):
+    import errno
+    import signal
+
+    def no_pidfd(pid):
+        raise OSError(errno.ENOSYS, "pidfd_open not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    monkeypatch.setattr(daemonctl, "PIDFD_FALLBACK", False)
+    assert daemonctl._signal_all([child.pid], signal.SIGTERM, lambda pid: True) == 1
+    assert no_kill_by_number == [(child.pid, signal.SIGTERM)] and daemonctl.PIDFD_FALLBACK
+
+
+# ---------------------------------------------------------------- issue 10 #1: never in the caller's cgroup on systemd
+
+
+BINS = {"rootlesskit": "/usr/bin/rootlesskit", "dockerd-rootless.sh": "/usr/share/docker.io/contrib/dockerd-rootless.sh",
+        "dockerd": "/usr/sbin/dockerd", "slirp4netns": "/usr/bin/slirp4netns", "newuidmap": "/usr/bin/newuidmap",
+        "newgidmap": "/usr/bin/newgidmap"}
+
+
+@pytest.fixture
+def student(tmp_path, runtime_dir, monkeypatch):
+    """uid 4242 with a temp home and runtime dir; host preconditions taken as met."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown)")
+    home = tmp_path / "home4242"
+    home.mkdir()
+    os.chown(home, 4242, 4242)
+    monkeypatch.setattr(daemonctl, "check_tun", lambda pw: None)
+    monkeypatch.setattr(daemonctl, "check_subids", lambda pw: None)
+    monkeypatch.setattr(daemonctl, "find_binaries", lambda: dict(BINS))
+    return pwd.struct_passwd(("rgs-fake", "x", 4242, 4242, "", str(home), "/bin/sh"))
+
+
+class SystemdRecorder:
+    """Plays systemd-run and 'systemctl --user is-active' (this machine has no systemd)."""
+
+    def __init__(self, rc=0, stderr="", state="failed"):
+        self.rc, self.stderr, self.state, self.calls = rc, stderr, state, []
+
+    def __call__(self, cmd, timeout=None, env=None):
+        import subprocess
+
+        self.calls.append(cmd)
+        if os.path.basename(cmd[0]) == "systemd-run":
+            return subprocess.CompletedProcess(cmd, self.rc, "", self.stderr)
+        assert cmd[:3] == ["systemctl", "--user", "--machine=rgs-fake@"] and "is-active" in cmd, cmd
+        return subprocess.CompletedProcess(cmd, 3, self.state + "\n", "")
+
+
+@pytest.fixture
+def no_popen(monkeypatch):
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"started as our own child: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+
+
+def test_on_systemd_the_daemon_is_a_unit_in_the_users_slice(student, no_popen):
+    rec = SystemdRecorder(state="failed")
+    with pytest.raises(DaemonError, match=r"ended \(its unit rgs-dockerd.service is failed\)"):
+        daemonctl.start_daemon(student, systemd=True, run=rec, timeout=30)
+    paths = daemonctl.daemon_paths(4242)
+    run_cmd = rec.calls[0]
+    sep = run_cmd.index("--")
+    assert os.path.basename(run_cmd[0]) == "systemd-run"
+    assert run_cmd[1:sep][:7] == ["--user", "--machine=rgs-fake@", "--unit=rgs-dockerd.service", "--collect",
+                                  "--quiet", "--property=Type=exec", f"--property=StandardOutput=append:{paths.log_file}"]
+    assert f"--setenv=XDG_RUNTIME_DIR={paths.runtime_dir}" in run_cmd and "--setenv=_DOCKERD_ROOTLESS_CHILD=1" in run_cmd
+    assert run_cmd[sep + 1:] == [BINS["rootlesskit"], *daemonctl.ROOTLESSKIT_FLAGS,
+                                 f"--state-dir={paths.runtime_dir}/dockerd-rootless", BINS["dockerd-rootless.sh"]]
+    assert not any("setpriv" in a for a in run_cmd)  # the user's manager runs it as the user
+
+
+def test_on_systemd_without_the_users_manager_start_refuses_with_the_fix(student, no_popen):
+    rec = SystemdRecorder(rc=1, stderr="Failed to connect to bus: No medium found")
+    with pytest.raises(DaemonError, match="loginctl enable-linger rgs-fake") as e:
+        daemonctl.start_daemon(student, systemd=True, run=rec, timeout=30)
+    assert "No medium found" in str(e.value) and "user-4242.slice" in str(e.value)
+    assert len(rec.calls) == 1
+
+
+def test_a_deleted_unit_file_does_not_bring_the_daemon_into_the_hubs_cgroup(student, no_popen, tmp_path, monkeypatch):
+    """start_daemon_for on a systemd host, the student's docker.service removed: still systemd-run."""
+    from rootless_gpu_spawner import service
+
+    marker = tmp_path / "run-systemd-system"
+    marker.mkdir()
+    monkeypatch.setattr(daemonctl, "SYSTEMD_MARKER", str(marker))
+    assert service.systemd_running() and not service.uses_systemd(student)
+    rec = SystemdRecorder(state="inactive")
+    with pytest.raises(DaemonError, match="is inactive"):
+        service.start_daemon_for(student, 30, run=rec)
+    assert os.path.basename(rec.calls[0][0]) == "systemd-run"
+
+
+def test_without_systemd_it_is_started_by_hand_detached(student, monkeypatch):
+    import subprocess
+
+    started = []
+
+    class Exited:
+        pid = 999999
+
+        def __init__(self, cmd, **kwargs):
+            started.append((cmd, kwargs))
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", Exited)
+    with pytest.raises(DaemonError, match="exited with code 1"):
+        daemonctl.start_daemon(student, systemd=False, run=SystemdRecorder(), timeout=30)
+    ((cmd, kwargs),) = started
+    assert os.path.basename(cmd[0]) == "setpriv" and cmd[1:4] == ["--reuid=4242", "--regid=4242", "--init-groups"]
+    assert kwargs["start_new_session"] is True and kwargs["stdin"] == subprocess.DEVNULL
+    assert kwargs["env"]["HOME"] == student.pw_dir and "RGS_ROOT_ONLY" not in kwargs["env"]
