@@ -999,8 +999,8 @@ def test_fuzzing_daemon(reliability, fake_home):
                                              f"before iteration {iterations}: {e}") from None
                     for outcome, ok, message in await _fuzz_one(template, socket_path, iterations, bound):
                         counts[outcome] += 1
-                        if not ok and len(failures) < 30:
-                            failures.append(f"iteration {iterations} {plan.get('targets')}: {outcome} {message}")
+                        if not ok and sum(1 for f in failures if f[0] == outcome) < 3:  # 3 examples per kind
+                            failures.append((outcome, f"iteration {iterations} {plan.get('targets')}: {outcome} {message}"))
                     iterations += 1
                     if iterations % 50 == 0:
                         served = sum(1 for b in fake.bad if "fuzz" in b)
@@ -1042,5 +1042,6 @@ def test_fuzzing_daemon(reliability, fake_home):
                        "each start/poll/stop ends ready or with a clear SpawnRefused; nothing escapes, nothing "
                        "hangs past its deadline; no thread/fd leak", observed, ok)
     assert served >= FUZZ_ANSWERS, observed
-    assert not bad_outcomes, f"{observed}\nfirst failures:\n" + "\n".join(failures)
+    assert not bad_outcomes, (f"{observed}\nexamples (replay one with RGS_FUZZ_SEED={FUZZ_SEED} "
+                              "RGS_FUZZ_FIRST=<iteration>):\n" + "\n".join(f for _, f in failures))
     assert not leaks, leaks
