@@ -2,10 +2,13 @@
 
     rootless-gpu-admin doctor [--user NAME ...] [--json]
     rootless-gpu-admin bootstrap [--user NAME ... | --group GROUP] [--mirror URL ...] [--gpu] [--dry-run] [--json]
-    rootless-gpu-admin start-daemon NAME
+    rootless-gpu-admin start-daemon NAME [--gpu-stub-dir DIR]
     rootless-gpu-admin stop-daemon NAME
     rootless-gpu-admin status [NAME ...] [--json]
 
+``status`` without a name, as root, lists every student (uid >= 1000) who
+has a rootless daemon or its configuration; run by a student, it checks
+their own daemon.
 ``doctor`` checks the host (and each named user) and prints the exact fix
 for every problem; it exits 0 only when nothing fails.  ``bootstrap`` makes
 the host and the users right, idempotently (a second run changes nothing;
@@ -222,18 +225,76 @@ def cmd_stop(args) -> int:
     return EXIT_OK
 
 
+#: What marks an account as having a rootless daemon (``status`` without names):
+#: its socket, or the files ``bootstrap`` / Docker's setup tool write in the home.
+RUN_USER_DIR = "/run/user"
+DAEMON_MARKERS = (".config/docker/daemon.json", service.UNIT_REL)
+STATUS_USAGE = "usage: rootless-gpu-admin status [NAME ...] [--json]"
+
+
+def _exists_in_home(pw: pwd.struct_passwd, rel: str) -> bool:
+    """Does ``~pw/rel`` exist? Reached by daemonctl's one safe walk (no link out of the
+    home followed); the last entry is only lstat-ed."""
+    try:
+        with daemonctl.user_file(pw, rel, create=False) as found:
+            if found is None:
+                return False
+            os.stat(found[1], dir_fd=found[0], follow_symlinks=False)
+            return True
+    except (daemonctl.DaemonError, OSError):
+        return False
+
+
+def has_daemon(pw: pwd.struct_passwd, run_dir: str = RUN_USER_DIR) -> bool:
+    """The account has a daemon socket in its runtime dir, or a daemon.json / user service."""
+    try:
+        os.lstat(os.path.join(run_dir, str(int(pw.pw_uid)), "docker.sock"))
+        return True
+    except OSError:
+        pass
+    return any(_exists_in_home(pw, rel) for rel in DAEMON_MARKERS)
+
+
+def students_with_daemons(accounts=None, run_dir: str = RUN_USER_DIR,
+                          min_uid: int = bootstrap_mod.MIN_UID) -> list[pwd.struct_passwd]:
+    """Every account (uid >= min_uid, by name) that :func:`has_daemon`."""
+    seen, out = set(), []
+    for pw in sorted(pwd.getpwall() if accounts is None else accounts, key=lambda p: p.pw_name):
+        if pw.pw_uid < min_uid or pw.pw_name in seen or not SYSTEM_USERNAME.match(pw.pw_name):
+            continue
+        seen.add(pw.pw_name)
+        if has_daemon(pw, run_dir):
+            out.append(pw)
+    return out
+
+
 def format_status(st: dict) -> str:
     """One user's daemon_status for the terminal; the daemon's strings and log lines made printable."""
     state = "running" if st["running"] else "not running"
     extra = f", rootless={st['rootless']}, docker {st['server_version']}" if st["running"] else ""
     line = f"{st['user']}: {state}{extra}" + (f" -- {st['error']}" if st["error"] else "")
+    if not st.get("log_tail"):
+        return _shown(line, "  ")
     tail = [f"  last lines of {st['log_file']}:", *(daemonctl.LOG_LINE_MARK + l for l in st["log_tail"])]
-    return _shown(line, "  ") + ("\n" + "\n".join(_shown(t) for t in tail) if st.get("log_tail") else "")
+    return _shown(line, "  ") + "\n" + "\n".join(_shown(t) for t in tail)
 
 
 def cmd_status(args) -> int:
-    names = args.names or [_me()]
-    results = [daemonctl.daemon_status(_account(n)) for n in names]
+    if args.names:
+        users = [_account(n) for n in args.names]
+    elif os.geteuid() != 0:
+        users = [_account(_me())]  # a student checks their own daemon
+    else:
+        users = students_with_daemons()
+        if not users:
+            if args.json:
+                print("[]")
+            print(f"rootless-gpu-admin status: no student (uid >= {bootstrap_mod.MIN_UID}) has a rootless Docker "
+                  f"daemon here (no {RUN_USER_DIR}/UID/docker.sock, no ~/.config/docker/daemon.json); set one up "
+                  "with 'rootless-gpu-admin bootstrap --user NAME', or name the users to check.\n" + STATUS_USAGE,
+                  file=sys.stderr)
+            return EXIT_USAGE
+    results = [daemonctl.daemon_status(pw) for pw in users]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -243,6 +304,11 @@ def cmd_status(args) -> int:
 
 
 # ------------------------------------------------------------------ CLI
+
+
+GPU_STUB_HELP = ("a *simulated GPU host* (the quick start's demo, the tests): start the daemon with DIR, holding an "
+                 "'exit 0' nvidia-container-runtime-hook, first on its PATH; Docker then accepts GPU requests "
+                 "without any GPU or CUDA")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,14 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for each daemon to answer")
     p.add_argument("--nvidia-config", help=argparse.SUPPRESS)  # tests: a temporary config.toml
-    p.add_argument("--gpu-stub-dir", help=argparse.SUPPRESS)  # tests: a simulated GPU host
+    p.add_argument("--gpu-stub-dir", metavar="DIR", help=GPU_STUB_HELP)
     p.add_argument("--no-start", action="store_true", help=argparse.SUPPRESS)  # tests: a user without a daemon
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("start-daemon", help="start a user's rootless dockerd (in their systemd: docker.service "
                                             "or a transient unit; by hand without systemd)")
     p.add_argument("name")
-    p.add_argument("--gpu-stub-dir", help=argparse.SUPPRESS)  # tests: a simulated GPU host
+    p.add_argument("--gpu-stub-dir", metavar="DIR", help=GPU_STUB_HELP)
     p.add_argument("--timeout", type=float, default=60)
     p.set_defaults(func=cmd_start)
 
@@ -289,8 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30)
     p.set_defaults(func=cmd_stop)
 
-    p = sub.add_parser("status", help="is each user's daemon up and rootless?")
-    p.add_argument("names", nargs="*")
+    p = sub.add_parser("status", help="is each user's daemon up and rootless? (no NAME, as root: every student with a daemon)")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="users to check (default: as root, every student with a daemon socket, daemon.json or "
+                        "docker.service; otherwise yourself)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     return parser

@@ -50,9 +50,15 @@ def _str_list(value, what: str, limit: int = MAX_COMMAND_ITEMS) -> list[str]:
 
 
 def is_rootless(info) -> bool:
-    """``docker info`` lists ``name=rootless`` among its security options."""
-    options = _str_list(_dict(info, "/info").get("SecurityOptions"), "/info SecurityOptions", 64)
-    return any("name=rootless" in option.split(",") for option in options)
+    """``docker info`` lists ``name=rootless`` among its security options.
+
+    The one test of "this is not the rootful daemon", for the hub and the admin CLI;
+    an answer of the wrong shape is simply not rootless.
+    """
+    options = info.get("SecurityOptions") if isinstance(info, dict) else None
+    if not isinstance(options, list):
+        return False
+    return any(isinstance(o, str) and "name=rootless" in o.split(",") for o in options[:64])
 
 
 def cdi_enabled(info) -> bool:

@@ -58,13 +58,14 @@ import shutil
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
-from . import boundedjson, commands, safefs
+from . import boundedjson, commands, daemon_errors, safefs
+from .answers import is_rootless  # noqa: F401  (the one test of "not the rootful daemon", re-exported)
+from .transport import CallGuard, GuardedSocket, SocketTarget
 from .safetext import printable, printable_lines
 
 __all__ = [
@@ -229,7 +230,7 @@ def _read_pid_file(path: str) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def _user_file(pw: pwd.struct_passwd, rel: str, create: bool) -> Iterator[Optional[tuple[int, str, str]]]:
+def user_file(pw: pwd.struct_passwd, rel: str, create: bool) -> Iterator[Optional[tuple[int, str, str]]]:
     """(dir fd, name, shown path) of ``~user/rel`` reached by safefs' walk; None when
     a parent is missing and *create* is False.  Links inside the home are
     resolved by the walk, one leading out of it is refused."""
@@ -258,7 +259,7 @@ def _user_file(pw: pwd.struct_passwd, rel: str, create: bool) -> Iterator[Option
 def read_user_file(pw: pwd.struct_passwd, rel: str, limit: int = 1 << 20) -> Optional[bytes]:
     """Content of ``~user/rel`` read as root without following symlinks out
     of the home (None when it or a parent dir does not exist)."""
-    with _user_file(pw, rel, create=False) as found:
+    with user_file(pw, rel, create=False) as found:
         return _read_small(found[0], found[1], limit=limit, what=found[2]) if found else None
 
 
@@ -271,7 +272,7 @@ def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o
     ``rel.bak``, nothing written (no mtime churn) when the content is
     already right.  With *dry_run* nothing is created or written.
     """
-    with _user_file(pw, rel, create=not dry_run) as found:
+    with user_file(pw, rel, create=not dry_run) as found:
         if found is None:
             return True  # dry run: the directory would be created
         dfd, name, shown = found
@@ -352,7 +353,7 @@ def merge_daemon_json(
     need this done as the user instead.  With *dry_run* nothing is created
     or written; the return value says whether it would be.
     """
-    with _user_file(pw, ".config/docker/daemon.json", create=not dry_run) as found:
+    with user_file(pw, ".config/docker/daemon.json", create=not dry_run) as found:
         if found is None:
             return any(v for v in (registry_mirrors, insecure_registries))  # dry run: ~/.config/docker is missing
         dfd, name, shown = found
@@ -525,108 +526,51 @@ def find_binaries() -> dict[str, str]:
 # --------------------------------------------------------------------------
 
 
-class PeerMismatch(DaemonError):
-    """The process serving a user's socket runs as another uid (SO_PEERCRED)."""
-
-    def __init__(self, socket_path: str, peer_uid: int, uid: int):
-        super().__init__(
-            f"{socket_path} is served by a process of uid {peer_uid}, not uid {uid}; refusing to trust it. "
-            f"Find it with: fuser {socket_path}"
-        )
-        self.peer_uid, self.uid = peer_uid, uid
+# The one transport (peer-verified, deadline-bound) and its errors, shared with the hub.
+PeerMismatch = daemon_errors.PeerMismatch
+AnswerTooLarge = daemon_errors.AnswerTooLarge
+DeadlineExceeded = daemon_errors.DeadlineExceeded
+#: What asking a student's daemon can raise, besides our own DaemonError.
+ASK_ERRORS = (OSError, http.client.HTTPException, daemon_errors.DaemonError)
 
 
-class AnswerTooLarge(OSError):
-    """The daemon's answer is larger than the caller's bound."""
-
-
-def peer_uid(sock: socket.socket) -> int:
-    """Uid of the process at the other end of a unix socket (as the kernel saw it at connect)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
-
-
-class _DeadlineSocket(socket.socket):
-    """A socket whose every send and receive waits at most until one deadline.
-
-    A per-call timeout alone lets a daemon that trickles one byte just before
-    each timeout keep root waiting forever."""
-
-    deadline = 0.0
-
-    def _arm(self) -> None:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the daemon did not answer in time")
-        self.settimeout(left)
-
-    def recv_into(self, buffer, nbytes=0, flags=0):
-        self._arm()
-        return super().recv_into(buffer, nbytes, flags)
-
-    def recv(self, bufsize, flags=0):
-        self._arm()
-        return super().recv(bufsize, flags)
-
-    def sendall(self, data, flags=0):
-        self._arm()
-        return super().sendall(data, flags)
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float, uid: Optional[int]):
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path, self._uid = socket_path, uid
-        self._deadline = time.monotonic() + timeout
-
-    def connect(self) -> None:
-        s = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.deadline = self._deadline
-        try:
-            s._arm()
-            s.connect(self._socket_path)
-            if self._uid is not None and peer_uid(s) != self._uid:
-                raise PeerMismatch(self._socket_path, peer_uid(s), self._uid)
-        except BaseException:
-            s.close()
-            raise
-        self.sock = s
-
-
-def is_rootless(info: dict) -> bool:
-    """``docker info`` lists ``name=rootless`` among its security options.
-
-    The one test of "this is not the rootful daemon", for the admin CLI and the spawner.
-    """
-    options = info.get("SecurityOptions") if isinstance(info, dict) else None
-    for option in options if isinstance(options, list) else []:
-        if "name=rootless" in str(option).split(","):
-            return True
-    return False
+def _open_socket(socket_path: str, timeout: float, uid: Optional[int], account: Optional[str]) -> socket.socket:
+    if uid is not None:  # the socket must be the student's, and so must its listener
+        return SocketTarget(socket_path, uid, account or f"uid {uid}").open(timeout)
+    sock = GuardedSocket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def api_get(
-    socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 << 20, *, uid: Optional[int] = None
+    socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 << 20, *,
+    uid: Optional[int] = None, account: Optional[str] = None,
 ) -> tuple[int, bytes]:
     """GET *path* from the Docker API on *socket_path*; (status, body).
 
-    Bounded: the whole exchange ends by *timeout* seconds (TimeoutError), a
-    body over *limit* bytes raises AnswerTooLarge, and with *uid* the process
-    serving the socket must run as that uid (PeerMismatch, a DaemonError).
-    stdlib only on purpose: the admin CLI must work before docker-py is
-    importable, and each call is a fresh connection (no pooling state in a
-    long-running hub).
+    Through :mod:`.transport`: the whole exchange ends by *timeout* seconds
+    (DeadlineExceeded), a body over *limit* bytes raises AnswerTooLarge, and
+    with *uid* the socket must be that uid's and so must the process serving
+    it (UnsafeSocket / PeerMismatch). stdlib http.client on purpose: one
+    short exchange per call, no pool to keep in the admin CLI.
     """
-    conn = _UnixHTTPConnection(socket_path, timeout, uid)
-    try:
-        conn.request("GET", path, headers={"Host": "docker"})
-        resp = conn.getresponse()
-        body = resp.read(limit + 1)
-        if len(body) > limit:
-            raise AnswerTooLarge(f"the answer to GET {path} on {socket_path} is larger than {limit} bytes")
-        return resp.status, body
-    finally:
-        conn.close()
+    with CallGuard(timeout, None):
+        conn = http.client.HTTPConnection("localhost", timeout=timeout)
+        conn.sock = _open_socket(socket_path, timeout, uid, account)
+        try:
+            conn.request("GET", path, headers={"Host": "docker"})
+            resp = conn.getresponse()
+            body = resp.read(limit + 1)
+        finally:
+            conn.close()
+    if len(body) > limit:
+        raise AnswerTooLarge(f"sent an answer to GET {path} on {socket_path} larger than {limit} bytes")
+    return resp.status, body
 
 
 def _api_object(socket_path: str, path: str, timeout: float, uid: int) -> dict:
@@ -642,7 +586,9 @@ def ping(socket_path: str, timeout: float = 2.0, *, uid: Optional[int] = None) -
     counting as an answer."""
     try:
         status, body = api_get(socket_path, "/_ping", timeout=timeout, limit=64, uid=uid)
-    except (OSError, http.client.HTTPException):
+    except PeerMismatch:
+        raise
+    except ASK_ERRORS:
         return False
     return status == 200 and body.strip() == b"OK"
 
@@ -1322,7 +1268,7 @@ def _ask_daemon(pw: pwd.struct_passwd, paths: DaemonPaths, st: dict, timeout: fl
         return f"{paths.socket} exists but does not answer /_ping (stale? restart the daemon). Log: {paths.log_file}"
     try:
         info, ver = (_api_object(paths.socket, p, timeout, pw.pw_uid) for p in ("/info", "/version"))
-    except (OSError, http.client.HTTPException, PeerMismatch) as e:
+    except ASK_ERRORS as e:
         return f"/info or /version failed: {printable(e)}"
     except boundedjson.UntrustedJSONError as e:
         return f"the daemon on {paths.socket} answered /info or /version with a document that is {e}; restart it"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import glob
 import grp
-import http.client
 import os
 import pwd
 import stat
@@ -518,7 +517,7 @@ def daemon_facts(pw: pwd.struct_passwd) -> DaemonFacts:
             code, body = daemonctl.api_get(st["socket"], "/info", timeout=5, limit=boundedjson.MAX_BYTES, uid=pw.pw_uid)
             if code == 200:
                 facts.info = boundedjson.loads_object(body)
-        except (OSError, http.client.HTTPException, DaemonError, boundedjson.UntrustedJSONError):
+        except (*daemonctl.ASK_ERRORS, DaemonError, boundedjson.UntrustedJSONError):
             pass  # daemon_status already said what is wrong with the daemon
     facts.rootlesskit = rootlesskit_args(pw.pw_uid)
     return facts

@@ -63,7 +63,7 @@ def _gpu_count_field(choices: FormChoices) -> str:
     if choices.allow_all:
         options.append(("all", "All GPUs / 全部 GPU", default == "all"))
     for n in range(0, choices.max_count + 1):
-        label = "No GPU / 不使用 GPU" if n == 0 else f"{n} GPU" + ("s" if n > 1 else "")
+        label = "No GPU / 不使用 GPU" if n == 0 else f"{n} GPU" + ("s" if n > 1 else "") + f" / {n} 块 GPU"
         options.append((str(n), label, default == n or (n == 0 and not _offered(default, choices))))
     html_options = "".join(
         f'<option value="{v}"{" selected" if sel else ""}>{escape(label)}</option>'
@@ -79,7 +79,7 @@ def _gpu_count_field(choices: FormChoices) -> str:
         )
     return (
         '<div class="form-group">'
-        '<label for="rgs-gpus">GPUs</label>'
+        '<label for="rgs-gpus">GPUs / GPU 数量</label>'
         f'<select class="form-control" name="gpus" id="rgs-gpus">{html_options}</select>'
         f"{note}</div>"
     )

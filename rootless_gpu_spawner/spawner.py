@@ -684,6 +684,15 @@ class RootlessGPUSpawner(DockerSpawner):
         options = self.user_options if options is None else options
         return validate_user_options(options, self.gpu_settings(), self._get_allowed_images())
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # JupyterHub >= 5.3 calls this hook before start() and, when none is set, logs
+        # "Received unhandled user_options" for every key. Ours are handled: start()
+        # validates them (validated_user_options, an HTTP 400 logged as one line) and
+        # applies them. Validating here too would make the hub log a traceback for every
+        # refused request, so the hook only declares them handled.
+        return lambda spawner, user_options: None
+
     def default_gpu_request(self):
         return self.gpu_settings().default_request
 

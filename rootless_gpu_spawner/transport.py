@@ -79,12 +79,16 @@ class CallGuard:
     def count(self, n: int) -> None:
         self.received += n
         if self.max_bytes is not None and self.received > self.max_bytes:
-            raise self.fail(AnswerTooLarge(f"sent an answer larger than {self.max_bytes // 2**20} MiB"))
+            raise self.fail(AnswerTooLarge(f"sent an answer larger than {_size(self.max_bytes)}"))
 
     def fail(self, error):
         if self.violation is None:
             self.violation = error
         return error
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n} bytes"
 
 
 def current_guard() -> CallGuard | None:

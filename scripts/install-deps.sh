@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # Install what the hub, the rootless daemons and the tests need, idempotently (as root,
-# Debian 12 / Ubuntu 22.04+). Safe to run again: it only adds what is missing.
+# Debian 12 / Ubuntu 22.04+). Safe to run again: it only adds what is missing, and puts this
+# clone's code into the virtualenv again.
 #
-#   bash scripts/install-deps.sh
+#   bash scripts/install-deps.sh          # for the tests: the project with its test extras
+#   bash scripts/install-deps.sh --hub    # for a hub: the project alone, and rootless-gpu-admin on PATH
 #
-# Result: Debian packages below, configurable-http-proxy (npm), and a virtualenv at
-# $RGS_VENV (default /opt/rootless-gpu-spawner/venv) with this project and its test extras.
+# Result: the Debian packages below, configurable-http-proxy (npm), and a virtualenv at
+# $RGS_VENV (default /opt/rootless-gpu-spawner/venv) holding a regular (not editable) install
+# of this clone: the venv keeps working when the clone is moved or deleted, and its files are
+# readable by everyone whatever the permissions of the clone's folder.
+# With --hub, /usr/local/bin/rootless-gpu-admin links to $RGS_VENV/bin/rootless-gpu-admin.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 RGS_VENV=${RGS_VENV:-/opt/rootless-gpu-spawner/venv}
 log() { printf '[install-deps %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+hub=0
+case "${1:-}" in
+  --hub) hub=1 ;;
+  "") ;;
+  *) echo "usage: bash scripts/install-deps.sh [--hub]" >&2; exit 2 ;;
+esac
+
 if [ "$(id -u)" != 0 ]; then
-  echo "install-deps.sh must run as root (it installs Debian packages)" >&2
+  echo "install-deps.sh must run as root (it installs Debian packages): run it as root, or prefix sudo" >&2
   exit 1
 fi
 
@@ -62,6 +74,19 @@ if [ ! -x "$RGS_VENV/bin/python" ]; then
   mkdir -p "$(dirname "$RGS_VENV")"
   "$py" -m venv "$RGS_VENV"
 fi
-log "pip install -e $here[test]"
-timeout 900 "$RGS_VENV/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+# A regular install from a clean copy of the sources: nothing in the venv points back into the
+# clone, and nothing is built inside the clone (no stale build/ directory gets packaged).
+extras="[test]"
+[ "$hub" = 1 ] && extras=""
+src=$(mktemp -d /tmp/rootless-gpu-spawner-src.XXXXXX)
+trap 'rm -rf "$src"' EXIT
+cp -r "$here/pyproject.toml" "$here/README.md" "$here/rootless_gpu_spawner" "$src/"
+find "$src" -name __pycache__ -prune -exec rm -rf {} +
+log "pip install $here$extras (a regular install, into $RGS_VENV)"
+timeout 900 "$RGS_VENV/bin/pip" install -q --disable-pip-version-check "$src$extras"
+chmod -R a+rX "$RGS_VENV"
+if [ "$hub" = 1 ]; then
+  ln -sfn "$RGS_VENV/bin/rootless-gpu-admin" /usr/local/bin/rootless-gpu-admin
+  log "rootless-gpu-admin on PATH: /usr/local/bin/rootless-gpu-admin -> $RGS_VENV/bin/rootless-gpu-admin"
+fi
 log "ready: $("$RGS_VENV/bin/jupyterhub" --version 2>/dev/null | head -1) in $RGS_VENV"

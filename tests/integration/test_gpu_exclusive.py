@@ -123,8 +123,15 @@ def test_browser_login_form_spawn_and_jupyterlab(gpu_hub, testbed, daemons):
             page.fill("input[name=password]", "testbed-password")
             page.click("input[type=submit], button[type=submit]")
             page.wait_for_url("**/hub/spawn**", timeout=60_000)
-            # The form: choose the image and two GPUs, see what is free.
-            assert "GPUs free now" in page.inner_text("#rgs-gpu-free")
+            # The form, in both languages: the images, the GPU count, what is free.
+            assert page.inner_text("label[for=rgs-image]").strip() == "Image / 镜像"
+            assert page.inner_text("label[for=rgs-gpus]").strip() == "GPUs / GPU 数量"
+            images = page.locator("#rgs-image option").all_inner_texts()
+            assert testbed["local_image"] in images and len(images) == 2, images
+            counts = page.locator("#rgs-gpus option").all_inner_texts()
+            assert "No GPU / 不使用 GPU" in counts and "2 GPUs / 2 块 GPU" in counts, counts
+            free = page.inner_text("#rgs-gpu-free")
+            assert "GPUs free now" in free and "当前空闲" in free, free
             page.select_option("#rgs-image", testbed["local_image"])
             page.select_option("#rgs-gpus", "2")
             page.screenshot(path=str(ARTIFACTS / "browser-spawn-form.png"))
@@ -141,3 +148,5 @@ def test_browser_login_form_spawn_and_jupyterlab(gpu_hub, testbed, daemons):
     assert shot.exists() and shot.stat().st_size > 10_000
     assert len(visible(daemons, BOB)) == 2
     hub.stop_server(BOB)
+    # image and gpus are declared handled (Spawner.apply_user_options): no warning per spawn
+    assert "unhandled user_options" not in hub.log_path.read_text(errors="replace")

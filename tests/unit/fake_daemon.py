@@ -35,16 +35,38 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class FakeDaemon:
-    def __init__(self, path: str, routes: dict):
-        self.server = _Server(path, _Handler)
-        self.server.routes = routes
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    """The routes served on ``path``: in this process, or with ``uid`` by a child running as that
+    uid (what the one transport accepts as a student's daemon: it never accepts root)."""
+
+    def __init__(self, path: str, routes: dict, uid: int | None = None):
+        self.path, self.routes, self.uid = path, routes, uid
+        self._child = None
+        if uid is None:
+            self.server = _Server(path, _Handler)
+            self.server.routes = routes
+            self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def _serve_in_child(self, listening):
+        server = _Server(self.path, _Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = listening
+        server.routes = self.routes
+        server.serve_forever(poll_interval=0.05)
 
     def __enter__(self) -> "FakeDaemon":
-        self.thread.start()
+        if self.uid is None:
+            self.thread.start()
+        else:
+            from peer_servers import forked_listener
+
+            self._child = forked_listener(self.path, self.uid, self._serve_in_child)
+            self._child.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._child is not None:
+            self._child.__exit__(*exc)
+            return
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)

@@ -53,13 +53,7 @@ def _read_request(conn) -> str:
     return data.split(b"\r\n", 1)[0].decode("latin-1")
 
 
-def _serve(server: socket.socket, behaviour, uid: int, ready_fd: int) -> None:
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-    server.listen(16)
-    os.write(ready_fd, b"1")
-    os.close(ready_fd)
+def _serve(server: socket.socket, behaviour) -> None:
     deadline = time.monotonic() + 120  # bounded: never outlives a test by much
     server.settimeout(1)
     while time.monotonic() < deadline:
@@ -85,8 +79,9 @@ def _handle(conn, behaviour) -> None:
 
 
 @contextlib.contextmanager
-def listening_as(path: str, uid: int, behaviour=docker_like):
-    """A server on ``path`` whose listener is uid ``uid``; the parent dir is made traversable."""
+def forked_listener(path: str, uid: int, serve):
+    """Bind ``path`` as root, give it to ``uid``, and run ``serve(listening_socket)`` in a child
+    that dropped to ``uid`` before ``listen()`` (so SO_PEERCRED says ``uid``). Yields the pid."""
     os.chmod(os.path.dirname(path), 0o755)
     server = socket.socket(socket.AF_UNIX)
     server.bind(path)
@@ -97,7 +92,13 @@ def listening_as(path: str, uid: int, behaviour=docker_like):
         code = 0
         try:
             os.close(ready_r)
-            _serve(server, behaviour, uid, ready_w)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            server.listen(16)
+            os.write(ready_w, b"1")
+            os.close(ready_w)
+            serve(server)
         except BaseException:
             code = 1
         os._exit(code)
@@ -112,3 +113,8 @@ def listening_as(path: str, uid: int, behaviour=docker_like):
         os.waitpid(pid, 0)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def listening_as(path: str, uid: int, behaviour=docker_like):
+    """A raw HTTP server on ``path`` whose listener is uid ``uid``, answering with ``behaviour``."""
+    return forked_listener(path, uid, lambda server: _serve(server, behaviour))

@@ -25,8 +25,11 @@ def test_render_exclusive_form_shows_free_gpus():
     html = render_form(choices())
     assert '<select class="form-control" name="image"' in html
     assert '<option value="Lab" selected>' in html
-    assert '<option value="2">2 GPUs</option>' in html and 'value="3"' not in html.split("rgs-gpus")[1].split("</select>")[0]
+    assert '<option value="2">2 GPUs / 2 块 GPU</option>' in html and 'value="3"' not in html.split("rgs-gpus")[1].split("</select>")[0]
     assert "2 of 4 GPUs free now" in html
+    # every label in both languages
+    assert '<label for="rgs-image">Image / 镜像</label>' in html and '<label for="rgs-gpus">GPUs / GPU 数量</label>' in html
+    assert "当前空闲 2 / 4 块 GPU" in html
     assert 'value="1" disabled' in html and 'value="0">' in html  # busy GPUs cannot be picked
 
 

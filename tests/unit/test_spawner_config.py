@@ -119,3 +119,14 @@ async def test_allowed_but_malformed_image_is_400():
     with pytest.raises(web.HTTPError) as info:
         await s._resolve_image("Bad/Name")
     assert info.value.status_code == 400 and "lowercase" in info.value.jupyterhub_message
+
+
+async def test_user_options_are_declared_handled(caplog):
+    # JupyterHub >= 5.3 warns "Received unhandled user_options" unless apply_user_options is set;
+    # image and gpus are validated and applied in start() (validated_user_options).
+    s = make({"image": "rgs-test/jupyterlab:latest", "gpus": 1}, allowed_images=["rgs-test/jupyterlab:latest"])
+    assert callable(s.apply_user_options)
+    with caplog.at_level("DEBUG"):
+        await s._run_apply_user_options(s.user_options)
+    assert "unhandled user_options" not in caplog.text
+    assert s.validated_user_options() == {"image": "rgs-test/jupyterlab:latest", "gpus": 1}

@@ -22,6 +22,12 @@ from rootless_gpu_spawner.transport import MAX_ANSWER_BYTES, SocketTarget
 from peer_servers import NOBODY, VERSION, docker_like, listening_as, respond
 
 
+def close_after_each(conn, line):
+    """Answer like a daemon, then close: every next call needs a new connection (and a new check)."""
+    docker_like(conn, line)
+    return "close"
+
+
 def _target(tmp_path, name="docker.sock"):
     return SocketTarget(str(tmp_path / name), NOBODY, "alice")
 
@@ -44,10 +50,6 @@ async def test_calls_work_and_reuse_threads(tmp_path):
 async def test_socket_swapped_between_connections_is_caught(tmp_path):
     """The fake answers, closes each connection, and its socket becomes another uid's."""
 
-    def close_after_each(conn, line):
-        docker_like(conn, line)
-        return "close"
-
     target = _target(tmp_path)
     other = str(tmp_path / "other.sock")
     with listening_as(target.path, NOBODY, close_after_each):
@@ -69,10 +71,6 @@ async def test_socket_swapped_between_connections_is_caught(tmp_path):
 
 
 async def test_symlink_swap_caught(tmp_path):
-    def close_after_each(conn, line):
-        docker_like(conn, line)
-        return "close"
-
     target = _target(tmp_path)
     real = str(tmp_path / "real.sock")
     with listening_as(real, NOBODY, close_after_each):
