@@ -906,7 +906,8 @@ def _make_spawner(docker_host_template: str):
 
 
 def _forget_connection(docker_host: str) -> None:
-    """Each iteration talks to the daemon afresh (its /version answer is fuzzed too)."""
+    """Each iteration talks to the daemon afresh (its /version answer is fuzzed too); stop()
+    already lets go of the connection, this only covers a pool that keeps it."""
     from rootless_gpu_spawner import daemon as daemons
 
     pool = getattr(daemons, "pool", None)
@@ -980,6 +981,7 @@ def test_fuzzing_daemon(reliability, fake_home):
     bound = 20 * FUZZ_API_TIMEOUT + 10  # every call of a start ends by its deadline; far below this
     counts = collections.Counter()
     failures = []
+    leaks = []
     iterations = FUZZ_FIRST
     try:
         with hostile(fake_home, socket_path, "fuzz", as_uid=(carol.pw_uid, carol.pw_gid), max_seconds=900) as fake:
@@ -1005,6 +1007,11 @@ def test_fuzzing_daemon(reliability, fake_home):
                     if iterations % 50 == 0:
                         served = sum(1 for b in fake.bad if "fuzz" in b)
                 served = sum(1 for b in fake.bad if "fuzz" in b)
+                from rootless_gpu_spawner import daemon as daemons
+
+                pooled = len(daemons.pool) if hasattr(daemons.pool, "__len__") else 0
+                if pooled:
+                    leaks.append(f"{pooled} daemon connection(s) still open after every server was stopped")
                 gc.collect()
                 threads, fds = _test_process_figures()
                 for _ in range(20):  # bounded: executor threads leave after their pools shut down
@@ -1020,7 +1027,6 @@ def test_fuzzing_daemon(reliability, fake_home):
     finally:
         shutil.rmtree(base, ignore_errors=True)
     bad_outcomes = {k: v for k, v in counts.items() if not (k.endswith(": ok") or ": refused " in k)}
-    leaks = []
     if t1 - t0 >= THREADS_BOUND:
         leaks.append(f"test process threads {t0}->{t1}")
     if f1 - f0 >= 50:
