@@ -130,8 +130,12 @@ class PageHandler(BoardHandler):
         self.write(render_page(
             hub=self.board.hub_prefix, api=url_path_join(prefix, "api/board"), name=viewer.name,
             role="admin" if viewer.admin else "student", refresh_ms=int(self.board.refresh_seconds * 1000),
-            source=self.board.state.source.description,
+            source=self.board.state.source.description, xsrf=_text(self.xsrf_token),
         ))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class GPUBoard(Application):

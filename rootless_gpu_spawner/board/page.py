@@ -1,6 +1,7 @@
 """The board's HTML: the hub's stylesheet and navbar look, filled in by script from api/board.
 
-Names only ever reach the DOM through ``textContent`` (never as HTML), and only the names the
+The page carries the hub's xsrf token for its own API calls (JupyterHub checks it on every
+cookie-authenticated request that is not a navigation).  Names only ever reach the DOM through ``textContent`` (never as HTML), and only the names the
 API gave this viewer: a student's page holds no other student's name.
 """
 
@@ -42,7 +43,7 @@ PAGE = """<!DOCTYPE html>
 </div>
 <script>
 "use strict";
-const API = "@@API@@", REFRESH = @@REFRESH@@;
+const API = "@@API@@", REFRESH = @@REFRESH@@, XSRF = "@@XSRF@@";
 function el(tag, text, cls) { const e = document.createElement(tag);
   if (text !== undefined && text !== null) e.textContent = String(text); if (cls) e.className = cls; return e; }
 function gib(b) { return b === null || b === undefined ? "?" : (b / 2 ** 30).toFixed(1); }
@@ -96,7 +97,7 @@ function render(m) {
   body.replaceChildren(...(m.servers.length ? m.servers.map(row) : [el("tr")]));
   document.getElementById("rgs-updated").textContent = m.now; }
 async function refresh() {
-  try { const r = await fetch(API, {credentials: "same-origin", cache: "no-store"});
+  try { const r = await fetch(API, {credentials: "same-origin", cache: "no-store", headers: {"X-XSRFToken": XSRF}});
     if (r.ok) render(await r.json());
     else { const e = document.getElementById("rgs-error"); e.hidden = false; e.textContent = "The board's API answered " + r.status; }
   } catch (e) { /* next round */ }
@@ -107,11 +108,11 @@ refresh();
 """
 
 
-def render_page(*, hub: str, api: str, name: str, role: str, refresh_ms: int, source: str) -> str:
+def render_page(*, hub: str, api: str, name: str, role: str, refresh_ms: int, source: str, xsrf: str = "") -> str:
     values = {
         "@@HUB@@": escape(hub), "@@API@@": escape(api), "@@NAME@@": escape(name),
         "@@ROLE@@": escape(role), "@@REFRESH@@": str(int(refresh_ms)),
-        "@@REFRESH_S@@": f"{refresh_ms / 1000:g}", "@@SOURCE@@": escape(source),
+        "@@REFRESH_S@@": f"{refresh_ms / 1000:g}", "@@SOURCE@@": escape(source), "@@XSRF@@": escape(xsrf),
     }
     page = PAGE
     for key, value in values.items():

@@ -118,7 +118,8 @@ def test_idle_gpu_server_is_culled_busy_one_kept_cpu_one_culled_by_activity(fair
     rows = board_get(hub, f"/users/{BUSY}/servers").json()["servers"]
     assert rows[""]["gpus"] == [busy_gpu] and not rows[""]["idle"] and not rows[""]["cull"], rows
 
-    # The freed GPU goes to the next student.
+    # The freed GPU goes to the next student (busy from now on, so that it stays).
+    write_utilisation(hub.util_file, {idle_gpu: 60, busy_gpu: 80})
     r = hub.spawn(NEXT, {"gpus": 1})
     assert r.status_code in (201, 202), r.text
     hub.wait_ready(NEXT)
@@ -146,12 +147,11 @@ def launch(p):
 
 def open_board(browser, hub, name, shot):
     page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-    page.goto(f"{hub.url}/hub/login", timeout=60_000)
+    page.goto(f"{hub.url}/hub/login?next=%2Fhub%2Fhome", timeout=60_000)
     page.fill("input[name=username]", name)
     page.fill("input[name=password]", "testbed-password")
     page.click("input[type=submit], button[type=submit]")
-    page.wait_for_url("**/hub/**", timeout=60_000)
-    page.goto(f"{hub.url}/hub/home", timeout=60_000)
+    page.wait_for_url("**/hub/home", timeout=60_000)
     announcement = page.inner_text("body")
     page.goto(f"{hub.url}/services/gpu-board/", timeout=60_000)
     page.wait_for_selector("#rgs-gpus .rgs-gpu", timeout=60_000)
@@ -166,6 +166,7 @@ def test_board_in_a_real_browser_admin_and_student(fair, daemons):
     from playwright.sync_api import sync_playwright  # a test dependency: never skipped
     hub = fair
     if not hub.server(BUSY) or not hub.server(NEXT):  # this test also runs alone
+        write_utilisation(hub.util_file, {g: 70 for g in GPU_IDS})
         for name in (BUSY, NEXT):
             if not hub.server(name):
                 assert hub.spawn(name, {"gpus": 1}).status_code in (201, 202)
