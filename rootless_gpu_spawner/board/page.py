@@ -48,7 +48,7 @@ function el(tag, text, cls) { const e = document.createElement(tag);
   if (text !== undefined && text !== null) e.textContent = String(text); if (cls) e.className = cls; return e; }
 function gib(b) { return b === null || b === undefined ? "?" : (b / 2 ** 30).toFixed(1); }
 function dur(s) { s = Math.max(0, Math.round(s)); const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60);
-  return h ? h + " h " + m + " min" : m ? m + " min" : s + " s"; }
+  return h ? h + " h" + (m ? " " + m + " min" : "") : m ? m + " min" : s + " s"; }
 function plot(history, span) {
   const ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", "0 0 360 100"); svg.setAttribute("preserveAspectRatio", "none");
