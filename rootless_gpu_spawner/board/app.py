@@ -246,7 +246,10 @@ class GPUBoard(Application):
         loop.add_callback(self.state.sample)
         PeriodicCallback(self.state.sample, 1000 * self.sample_interval).start()
         self.log.info("GPU board on %s%s, figures from %s", url, self.prefix, self.state.source.description)
-        loop.start()
+        try:
+            loop.start()
+        except KeyboardInterrupt:  # the hub stops its services with SIGINT
+            self.log.info("GPU board stopped")
 
 
 main = GPUBoard.launch_instance
