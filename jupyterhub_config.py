@@ -78,6 +78,33 @@ c.RootlessGPUSpawner.gpus = "all"
 # c.RootlessGPUSpawner.max_gpus_per_user = 2
 # c.RootlessGPUSpawner.group_gpu_limits = {"phd": 4}
 
+# --- fair use of GPUs: idle culling, leases, the GPU board ----------------------
+# (docs/en/admin-guide.md, "Fair use of GPUs"). Needs gpu_policy = "exclusive":
+# only then does the hub know which server holds which GPU.
+from rootless_gpu_spawner import culling, holders  # noqa: E402
+
+# A hub-side API that says who holds which GPU, behind one custom scope (the
+# REST API shows spawner state only with admin:server_state, which is far more).
+c.JupyterHub.extra_handlers = holders.extra_handlers()
+c.JupyterHub.custom_scopes = holders.custom_scopes()
+# The GPU board (a service on 127.0.0.1:10101, at /services/gpu-board/) and
+# jupyterhub-idle-culler: a server holding GPUs is stopped when its GPUs stay
+# under 10 % for 30 min, or 24 h after it started (the lease); a server without
+# GPUs after 1 h without activity. Where NVML is missing, name a JSON file of
+# (simulated) figures with environment={"RGS_GPU_UTILISATION_FILE": PATH}.
+c.JupyterHub.services = [
+    culling.board_service(10101, "--GPUBoard.idle_threshold=10", "--GPUBoard.idle_window=1800",
+                          "--GPUBoard.gpu_lease=86400"),
+    culling.culler_service(10101, timeout=3600, cull_every=300),
+]
+# Least privilege: the culler's usual scopes plus reaching the board; the board
+# only the custom scope; every user may open the board.
+c.JupyterHub.load_roles = culling.roles()
+# The rule and the lease, announced on every hub page before anything is stopped.
+c.JupyterHub.template_vars = {"announcement": culling.announcement(1800, 10, lease=86400)}
+# Idle kernels inside each JupyterLab are culled too (after 1 h).
+c.Spawner.args = culling.kernel_culling_args(idle_timeout=3600)
+
 # ~/workspace is bind-mounted at /workspace; JupyterLab opens there.
 c.RootlessGPUSpawner.workspace_dir = "workspace"
 c.RootlessGPUSpawner.workspace_mount = "/workspace"

@@ -49,22 +49,38 @@ def _str_list(value, what: str, limit: int = MAX_COMMAND_ITEMS) -> list[str]:
     return [_text(item, what) for item in value]
 
 
+@dataclass(frozen=True)
+class DaemonInfo:
+    """The parts of ``GET /info`` the hub uses."""
+
+    rootless: bool
+    cdi_enabled: bool  # only a yes/no: the dirs the daemon names are never used
+
+
+def daemon_info(info) -> DaemonInfo:
+    """``docker info``, checked: ``SecurityOptions`` a list of strings, ``CDISpecDirs`` a list."""
+    data = _dict(info, "/info")
+    options = _str_list(data.get("SecurityOptions"), "/info SecurityOptions", 64)
+    dirs = data.get("CDISpecDirs")
+    if dirs is not None and not isinstance(dirs, list):
+        raise UnusableAnswer("/info CDISpecDirs is not a list")
+    return DaemonInfo(
+        rootless=any("name=rootless" in option.split(",") for option in options),
+        cdi_enabled=bool(dirs),
+    )
+
+
 def is_rootless(info) -> bool:
     """``docker info`` lists ``name=rootless`` among its security options.
 
-    The one test of "this is not the rootful daemon", for the hub and the admin CLI;
-    an answer of the wrong shape is simply not rootless.
+    The one test of "this is not the rootful daemon", for the admin CLI's
+    checks: an answer of the wrong shape is not rootless (the hub refuses it
+    as unusable through :func:`daemon_info`).
     """
-    options = info.get("SecurityOptions") if isinstance(info, dict) else None
-    if not isinstance(options, list):
+    try:
+        return daemon_info(info).rootless
+    except UnusableAnswer:
         return False
-    return any(isinstance(o, str) and "name=rootless" in o.split(",") for o in options[:64])
-
-
-def cdi_enabled(info) -> bool:
-    """The daemon says it has CDI spec dirs (Docker 25+). Only a yes/no: the dirs are never used."""
-    dirs = _dict(info, "/info").get("CDISpecDirs")
-    return isinstance(dirs, list) and len(dirs) > 0
 
 
 def container_id(answer) -> str:

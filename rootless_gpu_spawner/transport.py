@@ -16,7 +16,7 @@ check made once proves nothing.  Here, *every* new connection:
 Every call runs under a :class:`CallGuard` on its thread: a wall-clock
 deadline (not a per-read timeout, which a drip defeats) and a cap on the bytes
 read.  What went wrong is recorded on the guard as a typed
-:class:`~rootless_gpu_spawner.daemon.DaemonError`, because urllib3 and requests
+:class:`~rootless_gpu_spawner.errors.DaemonError`, because urllib3 and requests
 wrap socket errors several times over before docker-py sees them.
 """
 

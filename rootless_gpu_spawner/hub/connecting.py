@@ -137,11 +137,11 @@ class DaemonLink:
     async def _check_rootless(self, account: Account, docker_host: str):
         info = await self.docker("info")
         try:
-            rootless = answers.is_rootless(info)
-            self._cdi_enabled = answers.cdi_enabled(info)
+            checked = answers.daemon_info(info)
         except BadAnswer as e:
             raise SpawnRefused.from_daemon(e.for_account(account.name, "answering docker info")) from None
-        if rootless:
+        self._cdi_enabled = checked.cdi_enabled
+        if checked.rootless:
             return
         if self.allow_rootful_daemon:
             self.log.warning(

@@ -12,6 +12,7 @@ Docker credentials or proxy settings to a student's daemon.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import re
 import threading
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 
 import docker
 import requests
+import urllib3
 from docker.auth import AuthConfig
 from docker.errors import APIError, DockerException
 from docker.utils.proxy import ProxyConfig
@@ -48,6 +50,8 @@ THREADS_PER_DAEMON = 4
 #: API versions the hub speaks (docker-py's range); the daemon's own is used when inside it.
 MIN_API, MAX_API = (1, 24), (1, 45)
 _API_VERSION = re.compile(r"^1\.(\d{1,3})$")
+#: What a broken HTTP exchange raises (truncated or badly chunked body, a redirect, bad headers).
+_BROKEN_HTTP = (requests.exceptions.RequestException, http.client.HTTPException, urllib3.exceptions.HTTPError)
 #: What a buggy or hostile answer raises inside docker-py or our own parsing.
 _MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError, UnicodeError)
 
@@ -108,10 +112,20 @@ def build_client(target: SocketTarget, timeout: float) -> docker.APIClient:
         base_url="unix://" + target.path, version=".".join(map(str, MIN_API)), timeout=timeout
     )
     client.mount("http+docker://", PeerVerifiedAdapter(target, timeout, THREADS_PER_DAEMON))
+    client.max_redirects = 0  # the Engine API never redirects: a 3xx is refused, never followed
+    client.hooks["response"].append(_strict_utf8)
     client._auth_configs = AuthConfig({})
     client._general_configs = {}
     client._proxy_configs = ProxyConfig()
     return client
+
+
+def _strict_utf8(response, *args, stream=False, **kwargs):
+    """Answers are UTF-8 JSON: an invalid byte is an unusable answer, never a guessed encoding."""
+    response.encoding = "utf-8"
+    if not stream:
+        response.content.decode("utf-8")  # UnicodeDecodeError -> UnusableAnswer
+    return response
 
 
 class DaemonConnection:
@@ -169,6 +183,8 @@ class DaemonConnection:
             return guard.violation
         if is_connection_error(error):
             return DaemonUnreachable(self.target.account, self.docker_host, error)
+        if isinstance(error, _BROKEN_HTTP):
+            return UnusableAnswer(f"a broken HTTP answer: {type(error).__name__}")
         if isinstance(error, _MALFORMED):
             log.info("unusable answer from %s: %s", self.docker_host, printable(repr(error), 300))
             return UnusableAnswer(type(error).__name__)

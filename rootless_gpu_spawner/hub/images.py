@@ -3,7 +3,7 @@
 Pure functions only: parsing follows the distribution reference grammar
 (github.com/distribution/reference) with Docker's normalisation rules, so that
 what we call "a Docker Hub image" is exactly what ``docker pull`` would fetch
-from Docker Hub.  The pulling itself lives in :mod:`rootless_gpu_spawner.pulls`.
+from Docker Hub.  The pulling itself lives in :mod:`rootless_gpu_spawner.hub.pulls`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ import pathlib
 import pytest
 
 PKG = pathlib.Path(__file__).resolve().parents[2] / "rootless_gpu_spawner"
-FACE = {"__init__", "spawner", "config"}
+#: What an admin names in jupyterhub_config.py: the spawner and its settings, and the fair-use
+#: helpers (the hub's GPU-holders API, the culler's config).
+FACE = {"__init__", "spawner", "config", "holders", "culling", "idle_culler_config"}
 
 #: Which parts a part may import (besides itself).
 ALLOWED = {
@@ -21,13 +23,14 @@ ALLOWED = {
     "hub": {"core"},
     "host": {"core"},
     "admin": {"core", "host"},
+    "board": {"core", "face"},  # the GPU board, a service of its own
 }
 
 
 def part_of(module: str) -> str:
     """``hub.daemon`` -> hub; ``errors`` -> core; ``spawner`` -> face."""
     head = module.split(".")[0]
-    if head in ("hub", "host", "admin"):
+    if head in ("hub", "host", "admin", "board"):
         return head
     return "face" if head in FACE else "core"
 

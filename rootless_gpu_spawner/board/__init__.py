@@ -1,0 +1,1 @@
+"""The GPU board service (see :mod:`rootless_gpu_spawner.board.app`)."""
