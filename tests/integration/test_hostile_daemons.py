@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import threading
+import textwrap
 import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +59,11 @@ CLEAR = ("served by", "symbolic link", "reported", "larger than", "within", "lay
          "rootless mode", "refused to")
 #: What a student must never see instead (a bare 500, a traceback, JupyterHub's "unhandled").
 UNCLEAR = ("Internal Server Error", "Traceback (most recent call last)", "Unhandled error")
+
+
+def _short(text: str, width: int) -> str:
+    """A recorded message cut at a word boundary (a cut word would read like another word)."""
+    return textwrap.shorten(str(text), width=width, placeholder=" …")
 
 
 # ---------------------------------------------------------------- helpers
@@ -410,7 +416,7 @@ def hostile_case(hub, daemons, reliability, testbed, fake_home, socket_path, beh
     expected = "ready" if words is None else f"clear refusal containing {' / '.join(map(repr, words))}"
     expected += "; alice's spawn meanwhile ready" if bystander else ""
     expected += "; nothing on any real daemon; hub threads/memory bounded"
-    observed = (f"HTTP {r.status_code}: {message[:220]}" + (f" | problems: {'; '.join(problems)}" if problems else "")
+    observed = (f"HTTP {r.status_code}: {_short(message, 220)}" + (f" | problems: {'; '.join(problems)}" if problems else "")
                 + f" | threads {before['threads']}->{after['threads']}, RSS {before['rss'] >> 20}->{after['rss'] >> 20} MiB"
                 + (f", peak {after['hwm'] >> 20} MiB" if memory else ""))
     reliability.record(SECTION, case, expected, observed, not problems)
@@ -589,7 +595,7 @@ def test_mirror_failure_reported_by_daemon(hd_hub, daemons, reliability, testbed
         if ready:
             hub.wait_ready(ALICE)
         observed = f"HTTP {r.status_code}; ready={bool(ready)}; " + (
-            f"mirror skipped: {cooled[0][:200]}" if cooled else (messages[-1][:200] if messages else r.text[:200]))
+            f"mirror skipped: {_short(cooled[0], 200)}" if cooled else _short(messages[-1] if messages else r.text, 200))
         reliability.record(SECTION, "after that, alice pulls through the same mirror",
                            "alice's pull goes through the mirror (no cool-down from the daemon's claim)", observed, ok)
         assert ok, observed
@@ -701,7 +707,7 @@ def test_gpus_released_only_on_the_hubs_own_observation(gpu_hub, daemons, reliab
         if hub.server(BOB):
             problems.append("bob got both GPUs while carol's server still ran (released on a garbled answer)")
             hub.stop_server(BOB)
-        steps.append(f"bob asking for 2 GPUs: HTTP {r.status_code} {message[:120]}")
+        steps.append(f"bob asking for 2 GPUs: HTTP {r.status_code} {_short(message, 120)}")
         if not hub.server(CAROL):
             problems.append("carol's server was dropped on a garbled answer while it still answered")
     # The fake is gone now (socket removed, stand-in server closed): the hub's own observation.
