@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Optional
 from .. import boundedjson
 from ..host import daemonctl, prereqs
 from ..host import nvidiaconf
-from ..host import service
+from ..host import safefs, service
 from ..host.daemonctl import DaemonError
 from ..layout import DAEMON_JSON_REL, DROPIN_REL
 
@@ -443,31 +443,27 @@ def check_linger(pw: pwd.struct_passwd, paths: HostPaths) -> Check:
 
 
 def check_workspace(pw: pwd.struct_passwd, workspace_dir: str = WORKSPACE_DIR) -> Check:
+    """The workspace as the spawner reaches it: safefs' walk from the home, nothing created.
+
+    No link a student made is resolved by the kernel or stat-ed outside the
+    home (the doctor is no oracle for paths elsewhere on the host).
+    """
     name = "workspace"
     group = _group_name(pw.pw_gid)
     path = os.path.join(pw.pw_dir, workspace_dir)
-    home = os.path.realpath(pw.pw_dir)
     create = f"{ADMIN} bootstrap --user {pw.pw_name}  (or: install -d -o {pw.pw_name} -g {group} -m 700 {path})"
+    replace = f"as {pw.pw_name}: rm {path} && mkdir {path}"
     try:
-        st = os.lstat(path)
+        st = _workspace_stat(pw, workspace_dir)
+    except _NoHome:
+        return failed(name, f"home {pw.pw_dir} does not exist",
+                      f"mkhomedir_helper {pw.pw_name}  (then: {ADMIN} bootstrap --user {pw.pw_name})", pw.pw_name)
     except FileNotFoundError:
-        if not os.path.isdir(home):
-            return failed(name, f"home {pw.pw_dir} does not exist",
-                          f"mkhomedir_helper {pw.pw_name}  (then: {ADMIN} bootstrap --user {pw.pw_name})", pw.pw_name)
         return failed(name, f"{path} does not exist (the spawner would create it on first spawn)", create, pw.pw_name)
-    if stat.S_ISLNK(st.st_mode):
-        real = os.path.realpath(path)
-        if not (real == home or real.startswith(home.rstrip("/") + "/")):
-            return failed(name, f"{path} is a symlink to {real}, outside the home: the spawner refuses it",
-                          f"as {pw.pw_name}: rm {path} && mkdir {path}", pw.pw_name)
-        try:
-            st = os.stat(real)
-        except FileNotFoundError:
-            return failed(name, f"{path} is a dangling symlink to {real}", f"as {pw.pw_name}: rm {path} && mkdir {path}", pw.pw_name)
-        path = real
-    if not stat.S_ISDIR(st.st_mode):
-        return failed(name, f"{path} exists and is not a directory",
-                      f"as {pw.pw_name}: mv {path} {path}.old && mkdir {path}", pw.pw_name)
+    except safefs.SymlinkEscape:
+        return failed(name, f"{path} is a symlink leading outside the home: the spawner refuses it", replace, pw.pw_name)
+    except (safefs.UnsafePathError, OSError) as e:
+        return failed(name, f"{path} cannot be used: {e}", replace, pw.pw_name)
     if st.st_uid != pw.pw_uid:
         owner = st.st_uid
         try:
@@ -477,6 +473,29 @@ def check_workspace(pw: pwd.struct_passwd, workspace_dir: str = WORKSPACE_DIR) -
         return failed(name, f"{path} is owned by {owner}, not {pw.pw_name}: the spawner refuses it",
                       f"chown {pw.pw_name}:{group} {path}", pw.pw_name)
     return passed(name, f"{path} owned by {pw.pw_name}", pw.pw_name)
+
+
+class _NoHome(Exception):
+    pass
+
+
+def _workspace_stat(pw: pwd.struct_passwd, workspace_dir: str) -> os.stat_result:
+    """fstat of the workspace directory reached by safefs.open_dir_beneath (create nothing)."""
+    home = os.path.normpath(pw.pw_dir)
+    real_home = os.path.realpath(home)  # the home's own entry is the admin's (a root-owned dir)
+    try:
+        home_fd = os.open(real_home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _NoHome() from None
+    try:
+        rel = os.path.relpath(os.path.join(home, workspace_dir), home)
+        fd, _real = safefs.open_dir_beneath(home_fd, real_home, rel, aliases=(home,))
+    finally:
+        os.close(home_fd)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def rootlesskit_args(uid: int) -> dict[int, list[str]]:
