@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
+from . import tether
+
 log = logging.getLogger("rootless_gpu_spawner.culling")
 
 BOARD = "gpu-board"
@@ -83,7 +85,7 @@ def board_service(port: int, *args: str, python: str = sys.executable, environme
     """The GPU board as a hub-managed service on 127.0.0.1:port (OAuth: students and admins)."""
     return {
         "name": BOARD, "url": f"http://127.0.0.1:{port}", "display": True,
-        "command": [python, "-m", "rootless_gpu_spawner.board", *args],
+        "command": tether.command("rootless_gpu_spawner.board", *args, python=python),
         "environment": dict(environment or {}), "oauth_no_confirm": True,
     }
 
@@ -93,8 +95,9 @@ def culler_service(board_port: int, timeout: int = 3600, cull_every: int = 300,
     """jupyterhub-idle-culler with the GPU-aware arbiter (``idle_culler_config.py``)."""
     return {
         "name": CULLER,
-        "command": [python, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}",
-                    f"--cull-every={cull_every}", f"--config={CULLER_CONFIG}", *args],
+        "command": tether.command("jupyterhub_idle_culler", f"--timeout={timeout}",
+                                  f"--cull-every={cull_every}", f"--config={CULLER_CONFIG}", *args,
+                                  python=python),
         "environment": {BOARD_URL_ENV: f"http://127.0.0.1:{board_port}/services/{BOARD}/"},
     }
 

@@ -61,6 +61,21 @@ def _pgid(pid: int):
         return None
 
 
+def _hub_services(hub_port: str) -> dict:
+    """The managed services (culler, board) of the hub on hub_port: pid -> service name."""
+    found = {}
+    for pid in daemonctl._all_pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        except OSError:
+            continue
+        name = env.get(b"JUPYTERHUB_SERVICE_NAME")
+        if name and f":{hub_port}/".encode() in env.get(b"JUPYTERHUB_API_URL", b""):
+            found[pid] = name.decode(errors="replace")
+    return found
+
+
 def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}") and not daemonctl._proc_is_zombie(pid)
 
@@ -214,6 +229,8 @@ def test_quickstart_form_and_ctrl_c_through_tee_stops_everything(demo):
                      if state in _cmdline(p) or f"--api-port {proxy_api}" in _cmdline(p)]
     assert any("jupyterhub" in _cmdline(p) for p in hub_and_proxy), hub_and_proxy
     assert any("configurable-http-proxy" in _cmdline(p) for p in hub_and_proxy), hub_and_proxy
+    services = _hub_services(env["DEMO_HUB_PORT"])
+    assert {"idle-culler", "gpu-board"} <= set(services.values()), services
     students_procs = _procs_of(uids)
     names = {daemonctl._proc_comm(p) for p in students_procs}
     assert {"rootlesskit", "dockerd", "containerd"} <= names, names
@@ -237,6 +254,8 @@ def test_quickstart_form_and_ctrl_c_through_tee_stops_everything(demo):
     assert not left, f"processes of the demo students left after Ctrl-C: {left}\n{_log_tail(Path(state) / 'teardown.log')}"
     left = {p: _cmdline(p)[:200] for p in hub_and_proxy if _alive(p)}
     assert not left, f"hub or proxy left after Ctrl-C: {left}"
+    left = {p: _cmdline(p)[:200] for p in services if _alive(p)}
+    assert not left, f"the hub's managed services left after Ctrl-C: {left}"
     assert not _port_open(port) and not _port_open(proxy_api)
     teardown = (Path(state) / "teardown.log").read_text(errors="replace")
     assert all(re.search(rf"rootless Docker for {n} (stopped|was not running)", teardown) for n in users), teardown
