@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,9 +39,11 @@ def _log(msg: str) -> None:
 
 def ensure_tun() -> None:
     # slirp4netns opens /dev/net/tun as the user (0666 on ordinary distributions).
-    mode = stat.S_IMODE(os.stat("/dev/net/tun").st_mode)
-    if mode & 0o666 != 0o666:
-        os.chmod("/dev/net/tun", 0o666)
+    tun = prereqs.read_tun()
+    if tun.problem:
+        raise SystemExit(f"bench: {tun.problem[0]}: {tun.problem[1]}")
+    if not tun.usable_by_all:
+        os.chmod(tun.path, tun.mode | 0o666)
 
 
 def _subid_total(path: str, pw: pwd.struct_passwd) -> int:

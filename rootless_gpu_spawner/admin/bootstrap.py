@@ -32,7 +32,7 @@ from typing import Iterable, Optional
 from ..host import daemonctl
 from . import checks as hostchecks
 from ..host import nvidiaconf
-from ..host import safefs
+from ..host import prereqs, safefs
 from ..host import service
 from ..host.daemonctl import DaemonError
 from .checks import HostPaths
@@ -128,21 +128,17 @@ class Bootstrapper:
     # ------------------------------------------------------------- host
 
     def ensure_tun(self) -> Step:
-        path = self.paths.tun
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise BootstrapError(f"{path} does not exist: modprobe tun (or mknod {path} c 10 200), then run bootstrap again")
-        if not stat.S_ISCHR(st.st_mode):
-            raise BootstrapError(f"{path} is not a character device; recreate it: rm {path} && mknod {path} c 10 200")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o006 == 0o006:
-            return Step("tun", False, f"{path} mode {mode:04o}: usable by users already")
-        new = mode | 0o666
+        tun = prereqs.read_tun(self.paths.tun)
+        if tun.problem:
+            what, fix = tun.problem
+            raise BootstrapError(f"{what}: {fix}, then run bootstrap again")
+        if tun.usable_by_all:
+            return Step("tun", False, f"{tun.path} mode {tun.mode:04o}: usable by users already")
+        new = tun.mode | 0o666
         if self.dry_run:
-            return Step("tun", True, f"would chmod {new:04o} {path} (now {mode:04o}; slirp4netns opens it as the user)")
-        os.chmod(path, new)
-        return Step("tun", True, f"chmod {new:04o} {path} (was {mode:04o}); not persistent across reboots "
+            return Step("tun", True, f"would chmod {new:04o} {tun.path} (now {tun.mode:04o}; slirp4netns opens it as the user)")
+        os.chmod(tun.path, new)
+        return Step("tun", True, f"chmod {new:04o} {tun.path} (was {tun.mode:04o}); not persistent across reboots "
                                  "where udev does not make it 0666 (it does on ordinary distributions)")
 
     def ensure_nvidia_no_cgroups(self) -> Step:

@@ -185,30 +185,19 @@ def check_binary(name: str, package: str, why: str, which: Which = daemonctl.fin
 
 def check_tun(paths: HostPaths, users: Iterable[pwd.struct_passwd] = ()) -> Check:
     name = "/dev/net/tun"
-    fix = f"chmod 666 {paths.tun}  (or: {ADMIN} bootstrap, which does the same)"
-    try:
-        st = os.stat(paths.tun)
-    except FileNotFoundError:
-        return failed(name, f"{paths.tun} does not exist; slirp4netns (rootless networking) needs it",
-                      f"modprobe tun  (or: mkdir -p {os.path.dirname(paths.tun)} && mknod {paths.tun} c 10 200 && chmod 666 {paths.tun})")
-    if not stat.S_ISCHR(st.st_mode):
-        return failed(name, f"{paths.tun} is not a character device",
-                      f"rm {paths.tun} && mknod {paths.tun} c 10 200 && chmod 666 {paths.tun}")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o006 == 0o006:
-        return passed(name, f"mode {mode:04o}: usable by every user")
+    tun = prereqs.read_tun(paths.tun)
+    if tun.problem:
+        return failed(name, *tun.problem)
+    if tun.usable_by_all:
+        return passed(name, f"mode {tun.mode:04o}: usable by every user")
     users = list(users)
-    blocked = []
-    for pw in users:
-        try:
-            daemonctl.check_tun(pw, paths.tun)
-        except DaemonError:
-            blocked.append(pw.pw_name)
+    blocked = [pw.pw_name for pw in users if not tun.usable_by(pw)]
     if users and not blocked:
-        return passed(name, f"mode {mode:04o}: usable by {', '.join(p.pw_name for p in users)} (owner/group)")
+        return passed(name, f"mode {tun.mode:04o}: usable by {', '.join(p.pw_name for p in users)} (owner/group)")
     who = ", ".join(blocked) if blocked else "ordinary users"
-    return failed(name, f"mode {mode:04o} (owner {st.st_uid}:{st.st_gid}): not read/writable by {who}; "
-                        "slirp4netns opens it as the user, so their daemon cannot start", fix)
+    return failed(name, f"mode {tun.mode:04o} (owner {tun.uid}:{tun.gid}): not read/writable by {who}; "
+                        "slirp4netns opens it as the user, so their daemon cannot start",
+                  f"chmod 666 {paths.tun}  (or: {ADMIN} bootstrap, which does the same)")
 
 
 def check_docker(which: Which = daemonctl.find_binary) -> Check:

@@ -10,6 +10,7 @@ import grp
 import os
 import pwd
 import stat
+from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import HostError as DaemonError
@@ -32,28 +33,65 @@ def _user_gids(pw: pwd.struct_passwd) -> set[int]:
     return gids
 
 
-def check_tun(pw: pwd.struct_passwd, path: str = "/dev/net/tun") -> None:
-    """slirp4netns opens /dev/net/tun as the user; check the user may.
+TUN = "/dev/net/tun"
 
-    It is 0666 on ordinary distributions but 0600 on some minimal VMs and
-    containers; we only diagnose, changing device modes is the admin's call.
+
+@dataclass(frozen=True)
+class TunDevice:
+    """What the tun device looks like: the one reading behind the start check, the doctor and bootstrap.
+
+    slirp4netns opens it as the user. It is 0666 on ordinary distributions but 0600 on some
+    minimal VMs and containers.
     """
+
+    path: str
+    exists: bool
+    is_char: bool = False
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+
+    @property
+    def problem(self) -> Optional[tuple[str, str]]:
+        """(what is wrong, the fix) when the device itself is missing or not a device."""
+        if not self.exists:
+            return (f"{self.path} does not exist; rootless networking (slirp4netns) needs the tun device",
+                    f"modprobe tun  (or: mknod {self.path} c 10 200 && chmod 666 {self.path})")
+        if not self.is_char:
+            return (f"{self.path} is not a character device",
+                    f"rm {self.path} && mknod {self.path} c 10 200 && chmod 666 {self.path}")
+        return None
+
+    @property
+    def usable_by_all(self) -> bool:
+        return self.problem is None and self.mode & 0o006 == 0o006
+
+    def usable_by(self, pw: pwd.struct_passwd) -> bool:
+        if self.problem is not None:
+            return False
+        return (self.usable_by_all
+                or (self.uid == pw.pw_uid and self.mode & 0o600 == 0o600)
+                or (self.gid in _user_gids(pw) and self.mode & 0o060 == 0o060))
+
+
+def read_tun(path: str = TUN) -> TunDevice:
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        return TunDevice(path, exists=False)
+    return TunDevice(path, True, stat.S_ISCHR(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+
+
+def check_tun(pw: pwd.struct_passwd, path: str = TUN) -> None:
+    """Raise with the fix unless ``pw`` may open the tun device (we only diagnose here;
+    changing device modes is bootstrap's job, the admin's call)."""
+    tun = read_tun(path)
+    if tun.problem:
+        what, fix = tun.problem
+        raise DaemonError(f"{what}: {fix}.")
+    if not tun.usable_by(pw):
         raise DaemonError(
-            f"{path} does not exist; rootless networking (slirp4netns) needs the tun device: "
-            f"load the module (modprobe tun) or create it (mknod {path} c 10 200 && chmod 666 {path})."
-        ) from None
-    if not stat.S_ISCHR(st.st_mode):
-        raise DaemonError(f"{path} is not a character device; recreate it: mknod {path} c 10 200 && chmod 666 {path}")
-    m = stat.S_IMODE(st.st_mode)
-    ok = (m & 0o006) == 0o006
-    ok = ok or (st.st_uid == pw.pw_uid and (m & 0o600) == 0o600)
-    ok = ok or (st.st_gid in _user_gids(pw) and (m & 0o060) == 0o060)
-    if not ok:
-        raise DaemonError(
-            f"{path} (mode {oct(m)}, owner {st.st_uid}:{st.st_gid}) is not read/writable by {pw.pw_name}; "
+            f"{path} (mode {oct(tun.mode)}, owner {tun.uid}:{tun.gid}) is not read/writable by {pw.pw_name}; "
             f"slirp4netns needs it. Fix as root: chmod 666 {path} (the default on ordinary distributions)."
         )
 
