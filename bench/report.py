@@ -29,15 +29,20 @@ SERVE = "first log line → server running (\"is running at\")"
 TOTAL = "**total: request → ready**"
 
 
-def build_report(res: dict) -> str:
-    f = res["facts"]
-    n = res["students"]
-    st = res["stats"]
+def _intro(res: dict) -> list[str]:
     lines: list[str] = []
     add = lines.append
     add(f"Produced by `{res['command']}` (as root, from the repository root, with the project's "
         f"virtualenv) on {res['date']}; the whole run took {res['duration_min']:.1f} min.")
     add("")
+    return lines
+
+
+def _machine(res: dict) -> list[str]:
+    f = res["facts"]
+    n = res["students"]
+    lines: list[str] = []
+    add = lines.append
     add("### Machine")
     add("")
     add(f"- {f.get('nproc')} CPU cores ({f.get('cpu', '?')}), {f.get('mem_gib', '?')} GiB memory, "
@@ -57,6 +62,14 @@ def build_report(res: dict) -> str:
         f"max {max(res.get('load_samples') or [0]):.2f} (the bench's own work included; other work on "
         "the machine, e.g. a test suite, shows up here too)")
     add("")
+    return lines
+
+
+def _time_to_ready(res: dict) -> list[str]:
+    n = res["students"]
+    st = res["stats"]
+    lines: list[str] = []
+    add = lines.append
     add("### Time to ready, per student")
     add("")
     add("Seconds from the request (raw: `docker create`; hubs: `POST /users/NAME/server`) to ready "
@@ -79,6 +92,13 @@ def build_report(res: dict) -> str:
             add(f"| {MODE_TITLES[mode]} | {count} | {daemons} | {len(res['runs'].get(key, []))} | "
                 f"{fmt(s['min'])} | {fmt(s['median'])} | {fmt(s['max'])} | {span} | {s['failures']} |")
     add("")
+    return lines
+
+
+def _ratios(res: dict) -> list[str]:
+    n = res["students"]
+    lines: list[str] = []
+    add = lines.append
     rt = res["ratios"]
     lag = res["lag"]
     lo = lag.get(f"ours/{n}", {})
@@ -109,6 +129,13 @@ def build_report(res: dict) -> str:
             add(f"| {title}, later uses: extra spawn time | {fmt(c['later'])} | ≈ 0 (skipped) | "
                 f"{verdict(c['later'], 0.2)} |")
     add("")
+    return lines
+
+
+def _lag(res: dict) -> list[str]:
+    lag = res["lag"]
+    lines: list[str] = []
+    add = lines.append
     add("### Hub event-loop lag")
     add("")
     add("Sampled inside each hub process by an asyncio task that sleeps 50 ms and records how late it "
@@ -123,6 +150,13 @@ def build_report(res: dict) -> str:
         add(f"| {mode} | {count} | {l['samples']} | {fmt(l['median'], 'ms')} | "
             f"{fmt(l['p99'], 'ms')} | {fmt(l['max'], 'ms')} |")
     add("")
+    return lines
+
+
+def _where_time_goes(res: dict) -> list[str]:
+    n = res["students"]
+    lines: list[str] = []
+    add = lines.append
     add("### Where the time goes")
     add("")
     add("Medians of per-spawn intervals (for N at once: median, and max in brackets). Container times "
@@ -146,6 +180,13 @@ def build_report(res: dict) -> str:
                 cells.append(f"{fmt(v['median'])} ({fmt(v['max'])})")
         add(f"| {title} | " + " | ".join(cells) + " |")
     add("")
+    return lines
+
+
+def _dead_mirror(res: dict) -> list[str]:
+    dm = res.get("dead_mirror") or {}
+    lines: list[str] = []
+    add = lines.append
     if dm:
         add("### Dead mirror")
         add("")
@@ -174,6 +215,13 @@ def build_report(res: dict) -> str:
                     + ", ".join(fmt(t) for t in dm["start_s"].get(key, [])) + " | "
                     + f"{fmt(median(pp.get('seconds', [])))} ({err}) |")
         add("")
+    return lines
+
+
+def _reliability(res: dict) -> list[str]:
+    n = res["students"]
+    lines: list[str] = []
+    add = lines.append
     add("### Reliability seen during the run")
     add("")
     failures = []
@@ -207,12 +255,19 @@ def build_report(res: dict) -> str:
             "time: once ten or more servers of other students hold the ports it tries, a start fails with "
             "\"address already in use\".")
     add("")
+    return lines
+
+SECTIONS = (_intro, _machine, _time_to_ready, _ratios, _lag, _where_time_goes, _dead_mirror, _reliability)
+
+
+def build_report(res: dict) -> str:
+    """The markdown block of docs/performance.md, one section function after the other."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines += section(res)
     nts = notes(res)
     if nts:
-        add("### Notes on missed targets (from this run's numbers)")
-        add("")
-        lines += nts
-        add("")
+        lines += ["### Notes on missed targets (from this run's numbers)", "", *nts, ""]
     return "\n".join(lines)
 
 
@@ -234,110 +289,136 @@ def parts(res: dict, key: str, field: str = "median") -> dict:
     return {PART_A: get(PART_A), PART_B: boot, PART_C: get(PART_C), "total": get(TOTAL)}
 
 
-def notes(res: dict) -> list[str]:
-    """For each missed target: how ours differs from the reference, part by part, and the
-    known causes of the parts that differ."""
-    n = res["students"]
+BACKOFF = ("JupyterHub's own readiness check (`User._wait_up` → `wait_for_http_server`) polls with "
+           "exponential backoff and full jitter, sleeping uniform(0, 0.2 s·2^k) up to 5 s, and a port "
+           "published by rootlesskit accepts and then resets until the server listens; a spawner that "
+           "returns from `start()` only once its server answers (polling every 50–100 ms) makes that "
+           "first check pass at once")
+
+
+def _compare(res, key, ref_key, field="median") -> str:
+    ours, ref = parts(res, key, field), parts(res, ref_key, field)
+    cells = []
+    for title in (PART_A, PART_B, PART_C):
+        if ours[title] is not None and ref[title] is not None:
+            cells.append(f"{title}: {fmt(ours[title])} vs {fmt(ref[title])} ({ours[title] - ref[title]:+.2f} s)")
+    return "; ".join(cells)
+
+
+def _causes(res, key, ref_key, field="median") -> list[str]:
+    ours, ref = parts(res, key, field), parts(res, ref_key, field)
+    su = parts(res, key.replace("ours", "rawsu"), field)
+    found = []
+    if None not in (ours[PART_B], ref[PART_B]) and ours[PART_B] - ref[PART_B] > 0.15:
+        same = su[PART_B] is not None and abs(su[PART_B] - ours[PART_B]) < 0.5 * (ours[PART_B] - ref[PART_B])
+        found.append(
+            "the server's boot: the image's `jupyterhub-singleuser` starts slower than plain `jupyter lab`"
+            + (f" (run raw, it takes {fmt(su[PART_B])} too, so this part is the single-user server's, "
+               "not the spawner's)" if same else "")
+            + "; it also asks the hub for its version, synchronously, before it serves")
+    if ours[PART_C] is not None and ours[PART_C] > 0.3:
+        found.append(f"{fmt(ours[PART_C])} between \"running\" and ready: {BACKOFF}")
+    if None not in (ours[PART_A], ref[PART_A]) and ours[PART_A] - ref[PART_A] > 0.3:
+        found.append(f"{fmt(ours[PART_A] - ref[PART_A])} more before the container runs: the spawner's "
+                     "Docker calls and any admission queue (starts per host are bounded) come first")
+    return found
+
+
+def _note_single(res: dict) -> list[str]:
     rt = res["ratios"]
-    st = res["stats"]
-    out = []
-    backoff = ("JupyterHub's own readiness check (`User._wait_up` → `wait_for_http_server`) polls with "
-               "exponential backoff and full jitter, sleeping uniform(0, 0.2 s·2^k) up to 5 s, and a port "
-               "published by rootlesskit accepts and then resets until the server listens; a spawner that "
-               "returns from `start()` only once its server answers (polling every 50–100 ms) makes that "
-               "first check pass at once")
+    if not (rt.get("single_ours_raw") and rt["single_ours_raw"] > 1.15):
+        return []
+    c = _causes(res, "ours/1", "raw/1")
+    return [f"- **1 student** ({fmt(rt['single_ours_raw'], 'x')} raw). Ours vs raw, medians: "
+            f"{_compare(res, 'ours/1', 'raw/1')}." + (" Causes: " + "; ".join(c) + "." if c else "")]
 
-    def compare(key, ref_key, field="median"):
-        ours, ref = parts(res, key, field), parts(res, ref_key, field)
-        cells = []
-        for title in (PART_A, PART_B, PART_C):
-            if ours[title] is not None and ref[title] is not None:
-                cells.append(f"{title}: {fmt(ours[title])} vs {fmt(ref[title])} ({ours[title] - ref[title]:+.2f} s)")
-        return ours, ref, "; ".join(cells)
 
-    def causes(key, ref_key, field="median"):
-        ours, ref = parts(res, key, field), parts(res, ref_key, field)
-        su = parts(res, key.replace("ours", "rawsu"), field)
-        found = []
-        if None not in (ours[PART_B], ref[PART_B]) and ours[PART_B] - ref[PART_B] > 0.15:
-            same = su[PART_B] is not None and abs(su[PART_B] - ours[PART_B]) < 0.5 * (ours[PART_B] - ref[PART_B])
-            found.append(
-                "the server's boot: the image's `jupyterhub-singleuser` starts slower than plain `jupyter lab`"
-                + (f" (run raw, it takes {fmt(su[PART_B])} too, so this part is the single-user server's, "
-                   "not the spawner's)" if same else "")
-                + "; it also asks the hub for its version, synchronously, before it serves")
-        if ours[PART_C] is not None and ours[PART_C] > 0.3:
-            found.append(f"{fmt(ours[PART_C])} between \"running\" and ready: {backoff}")
-        if None not in (ours[PART_A], ref[PART_A]) and ours[PART_A] - ref[PART_A] > 0.3:
-            found.append(f"{fmt(ours[PART_A] - ref[PART_A])} more before the container runs: the spawner's "
-                         "Docker calls and any admission queue (starts per host are bounded) come first")
-        return found
+def _note_makespan(res: dict) -> list[str]:
+    n, rt, st = res["students"], res["ratios"], res["stats"]
+    if not (n > 1 and rt.get("makespan_ours_raw") and rt["makespan_ours_raw"] > 1.15):
+        return []
 
-    if rt.get("single_ours_raw") and rt["single_ours_raw"] > 1.15:
-        _, _, cmp_ = compare("ours/1", "raw/1")
-        c = causes("ours/1", "raw/1")
-        out.append(f"- **1 student** ({fmt(rt['single_ours_raw'], 'x')} raw). Ours vs raw, medians: {cmp_}."
-                   + (" Causes: " + "; ".join(c) + "." if c else ""))
-    if n > 1 and rt.get("makespan_ours_raw") and rt["makespan_ours_raw"] > 1.15:
-        def iv(key, title, field="median"):
-            return ((res["intervals"].get(key) or {}).get(title) or {}).get(field)
+    def iv(key, title, field="median"):
+        return ((res["intervals"].get(key) or {}).get(title) or {}).get(field)
 
-        su_span = (st.get(f"rawsu/{n}") or {}).get("makespan_median")
-        raw_span = (st.get(f"raw/{n}") or {}).get("makespan_median")
-        boot = {k: parts(res, f"{k}/{n}")[PART_B] for k in ("ours", "raw", "rawsu")}
-        text = f"- **{n} at once, makespan** ({fmt(rt['makespan_ours_raw'], 'x')} raw"
-        if rt.get("makespan_ours_rawsu"):
-            text += f", {fmt(rt['makespan_ours_rawsu'], 'x')} raw `jupyterhub-singleuser`"
-        text += "). "
-        if su_span and raw_span:
-            text += (f"Started raw, all {n} at once, the image's single-user server is ready after {fmt(su_span)} "
-                     f"and plain `jupyter lab` after {fmt(raw_span)}: the server the hubs run costs "
-                     f"{fmt(ratio(su_span, raw_span), 'x')} as much to boot on {res['facts'].get('nproc')} cores. ")
-        text += (f"Ours starts containers between {fmt(iv(f'ours/{n}', PART_A, 'min'))} and "
-                 f"{fmt(iv(f'ours/{n}', PART_A, 'max'))} after the request (admission), each boot then takes "
-                 f"{fmt(boot['ours'])} (container started → running, median; all at once: raw "
-                 f"{fmt(boot['raw'])}, raw `jupyterhub-singleuser` {fmt(boot['rawsu'])}), and "
-                 f"\"running\" → ready adds {fmt(iv(f'ours/{n}', PART_C))}. ")
-        if rt.get("makespan_ours_rawsu") and rt["makespan_ours_rawsu"] <= 1.0:
-            text += ("So the spawner adds nothing over the same server started raw all at once; the distance to "
-                     "plain `jupyter lab` is the single-user server's heavier boot.")
-        out.append(text)
-    if n > 1 and rt.get("median_ours_stock") and rt["median_ours_stock"] > 0.5:
-        ours_med = (st.get(f"ours/{n}") or {}).get("median")
-        stock_med = (st.get(f"stock/{n}") or {}).get("median")
-        stock_span = (st.get(f"stock/{n}") or {}).get("makespan_median")
-        out.append(
-            f"- **{n} at once, median student** ({fmt(rt['median_ours_stock'], 'x')} stock): stock starts all "
-            f"{n} at once, so its median student ({fmt(stock_med)}) is ready close to its last one "
-            f"({fmt(stock_span)}); ours admits a few starts at a time, so its median student ({fmt(ours_med)}) "
-            "waits for about half of the others' boots. A cheaper boot per server lowers it further; more "
-            "starts at once would not (they share the same cores).")
+    su_span = (st.get(f"rawsu/{n}") or {}).get("makespan_median")
+    raw_span = (st.get(f"raw/{n}") or {}).get("makespan_median")
+    boot = {k: parts(res, f"{k}/{n}")[PART_B] for k in ("ours", "raw", "rawsu")}
+    text = f"- **{n} at once, makespan** ({fmt(rt['makespan_ours_raw'], 'x')} raw"
+    if rt.get("makespan_ours_rawsu"):
+        text += f", {fmt(rt['makespan_ours_rawsu'], 'x')} raw `jupyterhub-singleuser`"
+    text += "). "
+    if su_span and raw_span:
+        text += (f"Started raw, all {n} at once, the image's single-user server is ready after {fmt(su_span)} "
+                 f"and plain `jupyter lab` after {fmt(raw_span)}: the server the hubs run costs "
+                 f"{fmt(ratio(su_span, raw_span), 'x')} as much to boot on {res['facts'].get('nproc')} cores. ")
+    text += (f"Ours starts containers between {fmt(iv(f'ours/{n}', PART_A, 'min'))} and "
+             f"{fmt(iv(f'ours/{n}', PART_A, 'max'))} after the request (admission), each boot then takes "
+             f"{fmt(boot['ours'])} (container started → running, median; all at once: raw "
+             f"{fmt(boot['raw'])}, raw `jupyterhub-singleuser` {fmt(boot['rawsu'])}), and "
+             f"\"running\" → ready adds {fmt(iv(f'ours/{n}', PART_C))}. ")
+    if rt.get("makespan_ours_rawsu") and rt["makespan_ours_rawsu"] <= 1.0:
+        text += ("So the spawner adds nothing over the same server started raw all at once; the distance to "
+                 "plain `jupyter lab` is the single-user server's heavier boot.")
+    return [text]
+
+
+def _note_median(res: dict) -> list[str]:
+    n, rt, st = res["students"], res["ratios"], res["stats"]
+    if not (n > 1 and rt.get("median_ours_stock") and rt["median_ours_stock"] > 0.5):
+        return []
+    ours_med = (st.get(f"ours/{n}") or {}).get("median")
+    stock_med = (st.get(f"stock/{n}") or {}).get("median")
+    stock_span = (st.get(f"stock/{n}") or {}).get("makespan_median")
+    return [
+        f"- **{n} at once, median student** ({fmt(rt['median_ours_stock'], 'x')} stock): stock starts all "
+        f"{n} at once, so its median student ({fmt(stock_med)}) is ready close to its last one "
+        f"({fmt(stock_span)}); ours admits a few starts at a time, so its median student ({fmt(ours_med)}) "
+        "waits for about half of the others' boots. A cheaper boot per server lowers it further; more "
+        "starts at once would not (they share the same cores)."]
+
+
+def _note_lag(res: dict) -> list[str]:
+    n = res["students"]
     lag = res["lag"].get(f"ours/{n}") or {}
-    if lag.get("p99") is not None and lag["p99"] >= 0.1:
-        out.append(f"- **event-loop lag** p99 {fmt(lag['p99'], 'ms')} while {n} start: something blocks the hub's "
-                   "loop; compare the stock hub's row.")
+    if lag.get("p99") is None or lag["p99"] < 0.1:
+        return []
+    return [f"- **event-loop lag** p99 {fmt(lag['p99'], 'ms')} while {n} start: something blocks the hub's "
+            "loop; compare the stock hub's row."]
+
+
+def _note_dead_mirror(res: dict) -> list[str]:
     dm = res.get("dead_mirror") or {}
+    out = []
     for key, c in (dm.get("cost") or {}).items():
         first_bad = c.get("first") is not None and c["first"] >= 2.0
         later_bad = c.get("later") is not None and c["later"] >= 0.2
-        if first_bad or later_bad:
-            pp = (dm.get("plain_pull") or {}).get(key, {})
-            daemon_s = median(pp.get("seconds", []))
-            text = (f"- **dead mirror ({key})**: {fmt(c['first'])} extra on first use, {fmt(c.get('later'))} on "
-                    f"later spawns. The daemon alone gives up on this mirror after {fmt(daemon_s)} "
-                    f"(`{(pp.get('error') or '')[:100]}`)")
-            if first_bad and daemon_s and c["first"] < 0.5 * daemon_s:
-                text += ("; the spawner already stops waiting for it much sooner, so what is left is the spawner's "
-                         "own time limit for a mirror's answer: to stay under the 2 s target it has to be shorter "
-                         "(about 1–1.5 s)")
-            elif first_bad:
-                text += ("; a probe that only opens a TCP connection lets a mirror through when its port accepts "
-                         "but nothing answers: asking its `/v2/` with a short total timeout (connect, TLS "
-                         "handshake and first answer within ~1–1.5 s) would cut the first use")
-            if later_bad:
-                text += "; a failed mirror must be skipped for a cool-down period"
-            out.append(text + ".")
+        if not (first_bad or later_bad):
+            continue
+        pp = (dm.get("plain_pull") or {}).get(key, {})
+        daemon_s = median(pp.get("seconds", []))
+        text = (f"- **dead mirror ({key})**: {fmt(c['first'])} extra on first use, {fmt(c.get('later'))} on "
+                f"later spawns. The daemon alone gives up on this mirror after {fmt(daemon_s)} "
+                f"(`{(pp.get('error') or '')[:100]}`)")
+        if first_bad and daemon_s and c["first"] < 0.5 * daemon_s:
+            text += ("; the spawner already stops waiting for it much sooner, so what is left is the spawner's "
+                     "own time limit for a mirror's answer: to stay under the 2 s target it has to be shorter "
+                     "(about 1–1.5 s)")
+        elif first_bad:
+            text += ("; a probe that only opens a TCP connection lets a mirror through when its port accepts "
+                     "but nothing answers: asking its `/v2/` with a short total timeout (connect, TLS "
+                     "handshake and first answer within ~1–1.5 s) would cut the first use")
+        if later_bad:
+            text += "; a failed mirror must be skipped for a cool-down period"
+        out.append(text + ".")
     return out
+
+
+def notes(res: dict) -> list[str]:
+    """For each missed target: how ours differs from the reference, part by part, and the
+    known causes of the parts that differ."""
+    return [line for note in (_note_single, _note_makespan, _note_median, _note_lag, _note_dead_mirror)
+            for line in note(res)]
 
 
 BEGIN = "<!-- spawn_bench:begin (generated by python -m bench.spawn_bench; edit outside these markers) -->"

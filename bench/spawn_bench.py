@@ -98,7 +98,7 @@ def report_from(path: Path, out: str | None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def parse_args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.spawn_bench",
                                  description="Spawn benchmark: raw docker run vs stock DockerSpawner vs RootlessGPUSpawner.")
     ap.add_argument("--students", type=int, default=16, help="students starting at once (default 16)")
@@ -124,25 +124,176 @@ def main(argv=None) -> int:
     ap.add_argument("--wait-for-idle", type=float, default=0, metavar="SECONDS",
                     help="first wait up to this long for the 1-minute load average to drop below half the cores")
     args = ap.parse_args(argv)
-    if args.report_from:
-        return report_from(Path(args.report_from), args.out)
     if args.quick:
         args.students, args.repeats, args.single_repeats = 4, 1, 2
     if args.single_repeats is None:
         args.single_repeats = 3 * args.repeats
-    modes = tuple(m for m in MODES if m in args.modes.split(","))
-    if not modes or set(args.modes.split(",")) - set(MODES):
+    args.mode_list = tuple(m for m in MODES if m in args.modes.split(","))
+    if not args.mode_list or set(args.modes.split(",")) - set(MODES):
         ap.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
-    OURS_EXTRA_CONFIG[:] = args.ours_config
     if not 1 <= args.students <= 64 or not 1 <= args.repeats <= 20 or not 1 <= args.single_repeats <= 60:
         ap.error("--students must be 1..64, --repeats 1..20, --single-repeats 1..60")
+    return args
+
+
+class SpawnBench:
+    """One run: provision, start the hubs, warm up, measure the plan, clean up, report."""
+
+    def __init__(self, args: argparse.Namespace, shown: list[str]):
+        self.args, self.modes, self.n = args, args.mode_list, args.students
+        self.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rgs-spawn-bench-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.names = provision.user_names(self.n)
+        self.users: dict = {}
+        self.clients = self.stub = self.loads = self.log_offsets = None
+        self.hubs: dict[str, BenchHub] = {}
+        self.extra_hubs: list[BenchHub] = []  # the dead-mirror case's hubs (it stops them; we make sure)
+        self.traces: dict = {}
+        self.res: dict = {
+            "ours_extra_config": list(args.ours_config),
+            "command": ("python -m bench.spawn_bench " + " ".join(shlex.quote(a) for a in shown)).strip(),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "students": self.n, "repeats": args.repeats, "single_repeats": args.single_repeats, "runs": {},
+        }
+
+    def set_up(self) -> None:
+        if self.args.wait_for_idle > 0:
+            wait_for_idle(self.args.wait_for_idle)
+        self.loads = LoadSampler()
+        code_dir = snapshot_code(self.workdir)
+        # Hubs are child processes: the snapshot must come first on their sys.path before
+        # JupyterHub imports its spawner entry points (it does so before reading the config).
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(code_dir), str(REPO_ROOT)])
+        self.users = provision.provision(self.names)
+        self.res["facts"] = machine_facts(self.users)
+        self.log_offsets = daemon_log_offsets(self.users)
+        self.clients = Clients(self.users)
+        left = remove_all_containers(self.clients, self.names)
+        if left:
+            log(f"removed {left} leftover container(s) from the bench daemons")
+        shared_uid = self.users[self.names[0]].pw_uid  # stock DockerSpawner: everybody on this one daemon
+        configs = {"stock": lambda p: stock_config(p, shared_uid), "ours": ours_config}
+        for mode in ("stock", "ours"):
+            if mode in self.modes:
+                self.hubs[mode] = BenchHub(mode, self.workdir, self.names, configs[mode])
+                self.hubs[mode].start()
+        if "ours" in self.hubs:
+            check_code_snapshot(self.hubs["ours"])
+        self.stub = StubHubAPI()
+
+    def run_mode(self, mode: str, students: list[str]) -> list[dict]:
+        if mode in ("raw", "rawsu"):
+            return run_raw(self.clients, students, mode, self.stub.port)
+        if mode == "stock":
+            return run_hub(self.hubs["stock"], self.clients, students, lambda u: self.names[0])
+        return run_hub(self.hubs["ours"], self.clients, students, lambda u: u)
+
+    def warm_up(self) -> None:
+        log(f"warm-up (untimed): {', '.join(self.modes)}")
+        for mode in ("raw", "rawsu"):
+            if mode in self.modes:
+                self.run_mode(mode, self.names)
+        for mode in ("stock", "ours"):
+            if mode not in self.modes:
+                continue
+            failed = [r["error"] for r in self.run_mode(mode, self.names[:1]) if "error" in r]
+            if failed:
+                raise BenchError(f"the warm-up spawn through the '{mode}' hub failed: {failed[0]} "
+                                 f"(hub log: {self.workdir / ('hub-' + mode) / 'jupyterhub.log'})")
+
+    def measure_once(self, mode: str, count: int, rep: int, total: int) -> None:
+        records = self.run_mode(mode, self.names[:count])
+        key = f"{mode}/{count}"
+        run = {"repeat": rep, "t_go": records[0]["t_go"] if records else time.time(), "records": records}
+        self.res["runs"].setdefault(key, []).append(run)
+        ok = [r["t_ready"] - r["t_go"] for r in records if "t_ready" in r]
+        errors = [r["error"] for r in records if "error" in r]
+        log(f"{key:9s} run {rep + 1}/{total}: " + (
+            f"median {statistics.median(ok):.2f}s, last {max(ok):.2f}s" if ok else "no server ready")
+            + (f"; {len(errors)} failed: {errors[0]}" if errors else ""))
+        time.sleep(1.0)  # let the daemons settle after removing containers
+
+    def measure(self) -> None:
+        plan = [(1, self.args.single_repeats)] + ([(self.n, self.args.repeats)] if self.n > 1 else [])
+        for count, total in plan:
+            for rep in range(total):
+                k = rep % len(self.modes)
+                for mode in self.modes[k:] + self.modes[:k]:  # nobody always goes first
+                    self.measure_once(mode, count, rep, total)
+        if not self.args.skip_dead_mirror and "ours" in self.modes:
+            self.res["dead_mirror"] = dead_mirror_case(self.workdir, self.clients, self.names[0],
+                                                       self.args.repeats, self.extra_hubs)
+        if not self.args.skip_fresh_daemons and self.n > 1:
+            self.measure_fresh_daemons()
+
+    def measure_fresh_daemons(self) -> None:
+        self.res["fresh"] = {}
+        for mode in ("raw", "ours"):
+            if mode not in self.modes:
+                continue
+            self.clients = restart_daemons(self.users, self.clients)
+            records = self.run_mode(mode, self.names)
+            self.res["fresh"][mode] = records
+            ok = [r["t_ready"] - r["t_go"] for r in records if "t_ready" in r]
+            log(f"{mode}/{self.n} on freshly started daemons: {len(ok)} ready"
+                + (f" (last after {max(ok):.2f}s)" if ok else "") + f", {len(records) - len(ok)} failed")
+
+    def clean_up(self) -> None:
+        """Bounded, and every step runs whatever the one before it did."""
+        for bh in [*self.hubs.values(), *self.extra_hubs]:
+            try:
+                bh.stop()
+            except Exception as e:
+                log(f"hub '{bh.label}' stop: {e}")
+            self.traces[bh.label] = bh.read_trace()
+        if self.clients is not None:
+            try:
+                remove_all_containers(self.clients, list(self.users))
+            except Exception as e:
+                log(f"container cleanup: {e}")
+            self.clients.close()
+        if self.stub is not None:
+            self.stub.close()
+        if self.users and self.log_offsets is not None:
+            self.res["port_retries"] = count_port_retries(self.users, self.log_offsets)
+        if self.users and not self.args.keep_daemons:
+            errors = provision.stop_daemons(self.users.values())
+            log("bench daemons stopped" + (f" (errors: {errors})" if errors else ""))
+
+    def finish(self, status: int) -> int:
+        res = self.res
+        res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+        if self.loads is not None:
+            self.loads.stop()
+            res["load_samples"] = self.loads.samples
+        res["duration_min"] = (time.monotonic() - _T0) / 60
+        if "facts" not in res or not res["runs"]:
+            return status or 1
+        summarize(res, {k: v for k, v in self.traces.items() if k in ("stock", "ours")})
+        (self.workdir / "results.json").write_text(json.dumps(res, indent=1, default=str))
+        report = build_report(res)
+        print()
+        print(report)
+        if self.args.out and status == 0:
+            write_report(Path(self.args.out), report)
+            log(f"wrote {self.args.out}")
+        elif self.args.out:
+            log(f"not writing {self.args.out}: the run did not complete")
+        log(f"raw data, hub logs and traces in {self.workdir}")
+        return status
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.report_from:
+        return report_from(Path(args.report_from), args.out)
+    OURS_EXTRA_CONFIG[:] = args.ours_config
     if os.geteuid() != 0:
         print("bench.spawn_bench must run as root (it creates users and starts their daemons)", file=sys.stderr)
         return 2
     if Path.cwd().resolve() != REPO_ROOT:
         print(f"run it from the repository root ({REPO_ROOT})", file=sys.stderr)
         return 2
-
     cleaning = threading.Event()
 
     def on_signal(signum, frame):
@@ -152,107 +303,13 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    n = args.students
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rgs-spawn-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    shown = argv if argv is not None else sys.argv[1:]
-    res: dict = {
-        "ours_extra_config": list(args.ours_config),
-        "command": ("python -m bench.spawn_bench " + " ".join(shlex.quote(a) for a in shown)).strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "students": n,
-        "repeats": args.repeats,
-        "single_repeats": args.single_repeats,
-        "runs": {},
-    }
-    log(f"workdir {workdir}")
-    names = provision.user_names(n)
-    users: dict = {}
-    clients = None
-    hubs: list[BenchHub] = []
+    bench = SpawnBench(args, argv if argv is not None else sys.argv[1:])
+    log(f"workdir {bench.workdir}")
     status = 0
-    loads = None
-    stub = None
-    log_offsets = None
     try:
-        if args.wait_for_idle > 0:
-            wait_for_idle(args.wait_for_idle)
-        loads = LoadSampler()
-        code_dir = snapshot_code(workdir)
-        # Hubs are child processes: the snapshot must come first on their sys.path before
-        # JupyterHub imports its spawner entry points (it does so before reading the config).
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(code_dir), str(REPO_ROOT)])
-        users = provision.provision(names)
-        res["facts"] = machine_facts(users)
-        log_offsets = daemon_log_offsets(users)
-        clients = Clients(users)
-        left = remove_all_containers(clients, names)
-        if left:
-            log(f"removed {left} leftover container(s) from the bench daemons")
-        shared = names[0]  # stock DockerSpawner: everybody on this one daemon
-        stock = ours = None
-        if "stock" in modes:
-            stock = BenchHub("stock", workdir, names, lambda p: stock_config(p, users[shared].pw_uid))
-            hubs.append(stock)
-            stock.start()
-        if "ours" in modes:
-            ours = BenchHub("ours", workdir, names, ours_config)
-            hubs.append(ours)
-            ours.start()
-            check_code_snapshot(ours)
-
-        stub = StubHubAPI()
-
-        def run_mode(mode: str, students: list[str]) -> list[dict]:
-            if mode in ("raw", "rawsu"):
-                return run_raw(clients, students, mode, stub.port)
-            if mode == "stock":
-                return run_hub(stock, clients, students, lambda u: shared)
-            return run_hub(ours, clients, students, lambda u: u)
-
-        log(f"warm-up (untimed): {', '.join(modes)}")
-        for mode in ("raw", "rawsu"):
-            if mode in modes:
-                run_raw(clients, names, mode, stub.port)
-        for mode in ("stock", "ours"):
-            if mode not in modes:
-                continue
-            failed = [r["error"] for r in run_mode(mode, names[:1]) if "error" in r]
-            if failed:
-                raise BenchError(f"the warm-up spawn through the '{mode}' hub failed: {failed[0]} "
-                                 f"(hub log: {workdir / ('hub-' + mode) / 'jupyterhub.log'})")
-
-        def do(mode: str, count: int, rep: int, total: int) -> None:
-            records = run_mode(mode, names[:count])
-            key = f"{mode}/{count}"
-            run = {"repeat": rep, "t_go": records[0]["t_go"] if records else time.time(), "records": records}
-            res["runs"].setdefault(key, []).append(run)
-            ok = [r["t_ready"] - r["t_go"] for r in records if "t_ready" in r]
-            errors = [r["error"] for r in records if "error" in r]
-            log(f"{key:9s} run {rep + 1}/{total}: " + (
-                f"median {statistics.median(ok):.2f}s, last {max(ok):.2f}s" if ok else "no server ready")
-                + (f"; {len(errors)} failed: {errors[0]}" if errors else ""))
-            time.sleep(1.0)  # let the daemons settle after removing containers
-
-        plan = [(1, args.single_repeats)] + ([(n, args.repeats)] if n > 1 else [])
-        for count, total in plan:
-            for rep in range(total):
-                for mode in modes[rep % len(modes):] + modes[: rep % len(modes)]:  # nobody always goes first
-                    do(mode, count, rep, total)
-        if not args.skip_dead_mirror and "ours" in modes:
-            res["dead_mirror"] = dead_mirror_case(workdir, clients, names[0], args.repeats, hubs)
-        if not args.skip_fresh_daemons and n > 1:
-            res["fresh"] = {}
-            for mode in ("raw", "ours"):
-                if mode not in modes:
-                    continue
-                clients = restart_daemons(users, clients)
-                records = run_mode(mode, names)
-                res["fresh"][mode] = records
-                ok = [r["t_ready"] - r["t_go"] for r in records if "t_ready" in r]
-                log(f"{mode}/{n} on freshly started daemons: {len(ok)} ready"
-                    + (f" (last after {max(ok):.2f}s)" if ok else "") + f", {len(records) - len(ok)} failed")
+        bench.set_up()
+        bench.warm_up()
+        bench.measure()
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); cleaning up")
         status = 130
@@ -261,46 +318,8 @@ def main(argv=None) -> int:
         status = 1
     finally:
         cleaning.set()
-        traces = {}
-        for bh in list(hubs):
-            try:
-                bh.stop()
-            except Exception as e:
-                log(f"hub '{bh.label}' stop: {e}")
-            traces[bh.label] = bh.read_trace()
-        if clients is not None:
-            try:
-                remove_all_containers(clients, list(users))
-            except Exception as e:
-                log(f"container cleanup: {e}")
-            clients.close()
-        if stub is not None:
-            stub.close()
-        if users and log_offsets is not None:
-            res["port_retries"] = count_port_retries(users, log_offsets)
-        if users and not args.keep_daemons:
-            errors = provision.stop_daemons(users.values())
-            log("bench daemons stopped" + (f" (errors: {errors})" if errors else ""))
-    res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
-    if loads is not None:
-        loads.stop()
-        res["load_samples"] = loads.samples
-    res["duration_min"] = (time.monotonic() - _T0) / 60
-    if "facts" not in res or not res["runs"]:
-        return status or 1
-    summarize(res, {k: v for k, v in traces.items() if k in ("stock", "ours")})
-    (workdir / "results.json").write_text(json.dumps(res, indent=1, default=str))
-    report = build_report(res)
-    print()
-    print(report)
-    if args.out and status == 0:
-        write_report(Path(args.out), report)
-        log(f"wrote {args.out}")
-    elif args.out:
-        log(f"not writing {args.out}: the run did not complete")
-    log(f"raw data, hub logs and traces in {workdir}")
-    return status
-
+        bench.clean_up()
+    return bench.finish(status)
 
 if __name__ == "__main__":
     sys.exit(main())
