@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import docker
 import pytest
 
 from testkit.hub import Hub
+
+from .fakes import FAKE_SOURCE
 
 TESTBED_JSON = Path("/run/rootless-gpu-spawner-testbed/testbed.json")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -152,3 +155,23 @@ def reliability():
     if recorder.cases:
         ARTIFACTS.mkdir(exist_ok=True)
         RELIABILITY_JSON.write_text(json.dumps({"cases": recorder.cases, "figures": recorder.figures}, indent=2))
+
+
+@pytest.fixture(scope="module")
+def fake_home():
+    """A directory everyone may read, holding a copy of the fake (the checkout may not be readable
+    by the test users) and the fakes' logs."""
+    d = Path(f"/run/rgs-hostile-daemons-{os.getpid()}")
+    d.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(d, 0o755)
+    shutil.copy(FAKE_SOURCE, d / "hostile_daemon.py")
+    os.chmod(d / "hostile_daemon.py", 0o644)
+    yield d
+    # The fakes' request logs are kept with the other artifacts (tail only: some are large).
+    keep = ARTIFACTS / "hostile-daemons"
+    keep.mkdir(parents=True, exist_ok=True)
+    for log in d.glob("*.log"):
+        with open(log, "rb") as f:
+            f.seek(max(0, log.stat().st_size - (256 << 10)))
+            (keep / log.name).write_bytes(f.read())
+    shutil.rmtree(d, ignore_errors=True)

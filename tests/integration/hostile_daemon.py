@@ -101,6 +101,7 @@ BEHAVIOURS = {
     "bad-api-version": "/version reports ApiVersion as a number",
     "never-answer": "accepts connections and never answers (--stale: refuses them, a daemon that died); "
                     "holds --lock (flock), so a daemon start for the student never finishes",
+    "rootful": "a rootful Docker daemon (no name=rootless in /info, cgroupfs); refuses to create anything",
     "fuzz": "honest, except for randomized malformed answers chosen per iteration (POST /_fuzz/SEED/N)",
 }
 
@@ -502,6 +503,8 @@ class Handler(BaseHTTPRequestHandler):
             return  # answered already (streams, special behaviours)
         status, payload = honest[0], honest[1]
         extra = honest[2] if len(honest) > 2 else {}
+        if b == "rootful" and method in ("POST", "DELETE", "PUT"):
+            status, payload, extra = 500, {"message": "fake rootful daemon: nothing may be created here"}, {}
         if b == "fuzz" and st.fuzz is not None and st.fuzz.mutation(ep):
             return self.fuzzed(ep, st.fuzz.mutation(ep), status, payload, extra)
         self.reply(status, payload, **extra)
@@ -570,6 +573,9 @@ class Handler(BaseHTTPRequestHandler):
         if b == "wrong-types-info":
             info.update({"CDISpecDirs": 5, "NCPU": "many", "ServerVersion": ["20.10"], "Driver": {},
                          "SecurityOptions": ["name=rootless", 7, None, {"name": "x"}], "MemTotal": -1})
+        if b == "rootful":
+            info.update({"SecurityOptions": ["name=apparmor", "name=seccomp,profile=default"],
+                         "CgroupDriver": "cgroupfs"})
         if b == "invalid-utf8":
             data = json.dumps(info).encode().replace(b'"hostile"', b'"host\xff\xfeile\xc3\x28"')
             return 200, data
@@ -969,13 +975,17 @@ def serve_never_answer(args):
     listener.close()
 
 
+def chown_socket(args) -> None:
+    if args.owner:
+        uid, gid = (int(x) for x in args.owner.split(":"))
+        os.chown(args.socket, uid, gid)
+
+
 def serve_relay(args):
     """Forward each connection to another daemon's socket (byte for byte)."""
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(args.socket)
-    if args.owner:
-        uid, gid = (int(x) for x in args.owner.split(":"))
-        os.chown(args.socket, uid, gid)
+    chown_socket(args)
     os.chmod(args.socket, 0o660)
     listener.listen(64)
     emit("ready", behaviour=args.behaviour, pid=os.getpid(), uid=os.getuid())
@@ -1041,7 +1051,8 @@ def main(argv=None):
     p.add_argument("--max-seconds", type=float, default=120.0, help="every stream, drip and wait ends by then")
     p.add_argument("--swap-to", default="")
     p.add_argument("--relay-to", default="")
-    p.add_argument("--owner", default="", help="UID:GID to chown the socket to (relay, run as root)")
+    p.add_argument("--owner", default="", help="UID:GID to chown the socket to (when run as root: relay, "
+                                                "or root listening behind a socket file given to the student)")
     p.add_argument("--lie-port", type=int, default=0)
     p.add_argument("--lie-ip", default="127.0.0.2")
     p.add_argument("--cdi-dir", default="")
@@ -1065,6 +1076,7 @@ def main(argv=None):
         prepare_cdi_dir(args.cdi_dir)
     state = State(args)
     server = Server(args.socket, state)
+    chown_socket(args)
     os.chmod(args.socket, 0o660)
     emit("ready", behaviour=args.behaviour, pid=os.getpid(), uid=os.getuid())
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from .conftest import base_spawner_config, containers_of
-from .fake_daemons import FakeDaemon
+from .fakes import hostile
 from .test_spawn import ALICE, BOB, CAROL, spawn_message
 
 SECTION = "Hostile and broken input"
@@ -178,18 +178,19 @@ def test_socket_owned_by_another_uid(hostile_hub, daemons, reliability, testbed,
         s.close()
 
 
-def test_rootful_daemon_at_socket_path(hostile_hub, daemons, reliability, testbed, carol_socket):
+def test_rootful_daemon_at_socket_path(hostile_hub, daemons, reliability, testbed, carol_socket, fake_home):
     carol = testbed["users"][CAROL]
-    with FakeDaemon(carol_socket, "rootful", carol["uid"], carol["gid"]):
+    with hostile(fake_home, carol_socket, "rootful", as_uid=(carol["uid"], carol["gid"])):
         refuse_and_record(hostile_hub, daemons, reliability, "a rootful daemon at the socket path (stand-in server)",
                           CAROL, {"gpus": 0}, "not running in rootless mode")
 
 
-def test_root_listens_behind_a_socket_given_to_the_student(hostile_hub, daemons, reliability, testbed, carol_socket):
+def test_root_listens_behind_a_socket_given_to_the_student(hostile_hub, daemons, reliability, testbed, carol_socket,
+                                                           fake_home):
     # The file is carol's, but root listens on it (a relay, or the rootful daemon moved there):
     # the kernel's SO_PEERCRED answer refuses it before a byte is sent.
     carol = testbed["users"][CAROL]
-    with FakeDaemon(carol_socket, "rootful", carol["uid"], carol["gid"], listen_uid=0) as fake:
+    with hostile(fake_home, carol_socket, "rootful", "--owner", f"{carol['uid']}:{carol['gid']}") as fake:
         refuse_and_record(hostile_hub, daemons, reliability, "root listens on a socket file owned by the student",
                           CAROL, {"gpus": 0}, "served by uid 0 (root)")
         assert fake.requests == []
@@ -200,9 +201,9 @@ def test_missing_socket(hostile_hub, daemons, reliability):
                       CAROL, {"gpus": 0}, "rootless Docker is not running for rgstest-carol")
 
 
-def test_hanging_daemon(hostile_hub, daemons, reliability, testbed, carol_socket):
+def test_hanging_daemon(hostile_hub, daemons, reliability, testbed, carol_socket, fake_home):
     carol = testbed["users"][CAROL]
-    with FakeDaemon(carol_socket, "hang", carol["uid"], carol["gid"]):
+    with hostile(fake_home, carol_socket, "never-answer", as_uid=(carol["uid"], carol["gid"])):
         refuse_and_record(hostile_hub, daemons, reliability,
                           "a daemon that never answers (bounded by docker_api_timeout=30 s)",
                           CAROL, {"gpus": 0}, "does not answer")

@@ -26,14 +26,10 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import textwrap
 import time
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,13 +37,12 @@ from types import SimpleNamespace
 import docker
 import pytest
 
-from .conftest import ARTIFACTS, base_spawner_config, containers_of
+from .conftest import base_spawner_config, containers_of
+from .fakes import hostile
 from .test_spawn import ALICE, BOB, CAROL, spawn_message
 
 SECTION = "Hostile daemons"
 HERE = Path(__file__).resolve().parent
-FAKE_SOURCE = HERE / "hostile_daemon.py"
-SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 API_TIMEOUT = 5  # c.RootlessGPUSpawner.docker_api_timeout of the test hub
 PULL_TIMEOUT = 10  # c.RootlessGPUSpawner.image_pull_timeout of the test hub
 THREADS_BOUND = 20  # hub threads may grow by less than this over one case
@@ -124,103 +119,6 @@ def _carol(testbed):
 
 def _sock(testbed, name):
     return testbed["users"][name]["docker_host"][len("unix://"):]
-
-
-class Fake:
-    """One hostile daemon process (own process group), its request log and its bad answers."""
-
-    def __init__(self, proc, log_path: Path, socket_path: str):
-        self.proc, self.log_path, self.socket_path = proc, log_path, socket_path
-
-    def lines(self):
-        out = []
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return out
-        for line in text.splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-        return out
-
-    @property
-    def requests(self):
-        return [l["req"] for l in self.lines() if "req" in l]
-
-    @property
-    def bad(self):
-        return [l["bad"] for l in self.lines() if "bad" in l]
-
-    def created(self):
-        return [r for r in self.requests if r["method"] == "POST" and r["path"] == "/containers/create"]
-
-    def deleted(self):
-        return [r for r in self.requests if r["method"] == "DELETE" and r["path"].startswith("/containers/")]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def fake_home():
-    """A directory everyone may read, holding a copy of the fake (the checkout may not be readable
-    by the test users) and the fakes' logs."""
-    d = Path(f"/run/rgs-hostile-daemons-{os.getpid()}")
-    d.mkdir(mode=0o755, exist_ok=True)
-    os.chmod(d, 0o755)
-    shutil.copy(FAKE_SOURCE, d / "hostile_daemon.py")
-    os.chmod(d / "hostile_daemon.py", 0o644)
-    yield d
-    # The fakes' request logs are kept with the other artifacts (tail only: some are large).
-    keep = ARTIFACTS / "hostile-daemons"
-    keep.mkdir(parents=True, exist_ok=True)
-    for log in d.glob("*.log"):
-        with open(log, "rb") as f:
-            f.seek(max(0, log.stat().st_size - (256 << 10)))
-            (keep / log.name).write_bytes(f.read())
-    shutil.rmtree(d, ignore_errors=True)
-
-
-_fake_count = [0]
-
-
-@contextmanager
-def hostile(fake_home: Path, socket_path: str, behaviour: str, *args: str, as_uid=None, max_seconds=120):
-    """Run the hostile daemon with BEHAVIOUR at SOCKET_PATH as uid:gid ``as_uid`` (None: root)."""
-    _fake_count[0] += 1
-    log_path = fake_home / f"fake-{_fake_count[0]:03d}-{behaviour}.log"
-    cmd = [sys.executable, str(fake_home / "hostile_daemon.py"), "--socket", socket_path,
-           "--behaviour", behaviour, "--max-seconds", str(max_seconds), *args]
-    if as_uid is not None:
-        uid, gid = as_uid
-        cmd = [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *cmd]
-    with open(log_path, "w") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                cwd="/", start_new_session=True, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
-    fake = Fake(proc, log_path, socket_path)
-    try:
-        for _ in range(100):  # bounded: 10 s
-            if any("ready" in l for l in fake.lines()):
-                break
-            if proc.poll() is not None:
-                raise AssertionError(f"hostile daemon {behaviour} exited: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"hostile daemon {behaviour} did not come up: {log_path.read_text()[-2000:]}")
-        yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Daemons that must not be used, or cannot be: each refused clearly, nothing started.
 
-The rootful and the hanging daemons are small stand-in servers on carol's
-socket path (tests/integration/fake_daemons.py): the real rootful dockerd
+The rootful and the hanging daemons are the hostile daemon (tests/integration/hostile_daemon.py,
+behaviours "rootful" and "never-answer") run as carol on her socket path: the real rootful dockerd
 must never run on the testbed.
 """
 
@@ -12,7 +12,7 @@ import socket
 import threading
 
 from .conftest import containers_of
-from .fake_daemons import FakeDaemon
+from .fakes import hostile
 from .test_spawn import ALICE, CAROL, spawn_message
 
 
@@ -21,15 +21,15 @@ def _carol(testbed):
     return u["uid"], u["gid"]
 
 
-def test_rootful_daemon_is_refused(hub, testbed, carol_socket):
-    with FakeDaemon(carol_socket, "rootful", *_carol(testbed)) as fake:
+def test_rootful_daemon_is_refused(hub, testbed, carol_socket, fake_home):
+    with hostile(fake_home, carol_socket, "rootful", as_uid=_carol(testbed)) as fake:
         r = hub.spawn(CAROL, {"gpus": 0})
         message = spawn_message(hub, CAROL, r)
         assert "not running in rootless mode" in message and CAROL in message, message
         assert "allow_rootful_daemon" in message
         # It asked who the daemon is, and created nothing.
-        assert ("GET", "/v1.41/info") in fake.requests
-        assert not [req for req in fake.requests if req[0] in ("POST", "DELETE")]
+        assert ("GET", "/info") in [(r["method"], r["path"]) for r in fake.requests]
+        assert not [r for r in fake.requests if r["method"] in ("POST", "DELETE")]
     assert not hub.server(CAROL)
 
 
@@ -45,8 +45,8 @@ def test_socket_nobody_listens_on(hub, testbed, carol_socket):
     assert "start-daemon" in message
 
 
-def test_hanging_daemon_stalls_nobody_else_and_times_out(hub, testbed, daemons, carol_socket):
-    with FakeDaemon(carol_socket, "hang", *_carol(testbed)) as fake:
+def test_hanging_daemon_stalls_nobody_else_and_times_out(hub, testbed, daemons, carol_socket, fake_home):
+    with hostile(fake_home, carol_socket, "never-answer", as_uid=_carol(testbed)) as fake:
         result = {}
         carol = threading.Thread(target=lambda: result.update(r=hub.spawn(CAROL, {"gpus": 0})))
         carol.start()
