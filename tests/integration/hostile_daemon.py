@@ -939,6 +939,18 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 # ---------------------------------------------------------------- special modes
 
 
+def accepted(listener, max_seconds: float):
+    """Each connection the listener accepts until max_seconds have passed (bounded, 0.5 s ticks)."""
+    listener.settimeout(0.5)
+    end = time.monotonic() + max_seconds
+    while time.monotonic() < end:
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        yield conn
+
+
 def serve_never_answer(args):
     """Accept connections and read them, never answer; hold the daemon-start lock meanwhile."""
     lock_fd = None
@@ -959,13 +971,7 @@ def serve_never_answer(args):
     listener.listen(128)
     emit("ready", behaviour=args.behaviour, pid=os.getpid(), uid=os.getuid())
     held = []
-    listener.settimeout(0.5)
-    end = time.monotonic() + args.max_seconds
-    while time.monotonic() < end:
-        try:
-            conn, _ = listener.accept()
-        except socket.timeout:
-            continue
+    for conn in accepted(listener, args.max_seconds):
         emit("req", method="CONNECT", path="", query={})
         held.append(conn)
         if len(held) > 256:  # bounded
@@ -1023,13 +1029,7 @@ def serve_relay(args):
             conn.close()
             slots.release()
 
-    listener.settimeout(0.5)
-    end = time.monotonic() + args.max_seconds
-    while time.monotonic() < end:
-        try:
-            conn, _ = listener.accept()
-        except socket.timeout:
-            continue
+    for conn in accepted(listener, args.max_seconds):
         if not slots.acquire(timeout=5):
             conn.close()
             continue
