@@ -166,26 +166,27 @@ ALLOW_LIST = "allow-list"
 NOT_FOUND = "not found"
 UNAUTHORIZED = "unauthorized"
 
-_REFUSALS = (
-    (ALLOW_LIST, re.compile(r"allow-?list|white-?list|not in (the )?allow|\b403\b|forbidden|\bdenied\b", re.I)),
+_REFUSALS = (  # first match wins
+    (ALLOW_LIST, re.compile(r"allow-?list|allow list|white-?list|not in (the )?allow", re.I)),
     (UNAUTHORIZED, re.compile(r"\b401\b|unauthori[sz]ed|authentication required", re.I)),
-    (NOT_FOUND, re.compile(r"\b404\b|manifest unknown|not found|name unknown|does not exist", re.I)),
+    (NOT_FOUND, re.compile(
+        r"pull access denied|repository does not exist|\b404\b|manifest unknown|not found|name unknown", re.I)),
+    (ALLOW_LIST, re.compile(r"\b403\b|forbidden|\bdenied\b", re.I)),
 )
 
 
 def classify_refusal(message: str) -> str | None:
     """The one place that reads a daemon's pull error: is it the source refusing this image?
 
-    Returns ``ALLOW_LIST`` (403 / "denied" / "not in allowlist"), ``UNAUTHORIZED``
-    (401) or ``NOT_FOUND`` (404 / manifest unknown), or None for anything else (a
-    network error, a timeout): the caller records a typed outcome from this and
-    never looks at the text again.  "pull access denied" is Docker's word for a
-    repository it cannot see at all, so it counts as not found.
+    Returns ``ALLOW_LIST`` ("not in allowlist", 403, "denied"), ``UNAUTHORIZED``
+    (401) or ``NOT_FOUND`` (404, manifest unknown, Docker's "pull access denied
+    ... repository does not exist"), or None for anything else (a network
+    error, a timeout, a 5xx): the caller records a typed outcome from this and
+    never looks at the text again.  An allow-list named in the message wins
+    over Docker's generic "pull access denied" wrapped around it.
     """
     if not isinstance(message, str):
         return None
-    if re.search(r"pull access denied|repository does not exist", message, re.I):
-        return NOT_FOUND
     for kind, pattern in _REFUSALS:
         if pattern.search(message):
             return kind

@@ -97,7 +97,8 @@ def forget(client, image):
 
 
 def spawn_pulling(hub, client, chain, image):
-    forget(client, image)
+    for name in IMAGES.values():  # one image under three names: none may be left from an earlier test
+        forget(client, name)
     chain["proxy"].reset()
     r = hub.spawn(ALICE, {"image": image})
     assert r.status_code == 202, r.text

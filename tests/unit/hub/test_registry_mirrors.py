@@ -104,6 +104,9 @@ def test_precedence_of_mirror_prefixes():
     "message, kind",
     [
         ("error from registry: not in allowlist", ALLOW_LIST),
+        # What docker 20.10 says for a 403 {"errors": [{"code": "DENIED", "message": "not in allowlist"}]}:
+        ("pull access denied for 10.0.2.2:40001/library/rgsmirror, repository does not exist or may require "
+         "'docker login': denied: not in allowlist", ALLOW_LIST),
         ("denied: requested access to the resource is denied", ALLOW_LIST),
         ("unexpected status code 403 Forbidden", ALLOW_LIST),
         ("Error response from daemon: image is not in the allow list", ALLOW_LIST),
