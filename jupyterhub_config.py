@@ -59,12 +59,16 @@ c.RootlessGPUSpawner.pull_policy = "ifnotpresent"
 # is done with their NB_* variables (docs/en/admin-guide.md, "Images"):
 # c.RootlessGPUSpawner.environment = {"NB_USER": "root", "NB_UID": "0", "NB_GID": "0"}
 
-# Docker Hub images are pulled through these prefix mirrors, in order, and
-# tagged with their Docker Hub name afterwards. USTC's mirror has been closed
-# to the public since 2024: put your university's or your own pull-through
-# cache first (docs/ explain the options). Images from other registries
-# (quay.io above, nvcr.io, ...) are pulled from that registry directly.
-c.RootlessGPUSpawner.mirror_prefixes = ["docker.mirrors.ustc.edu.cn"]
+# Images are pulled through mirrors of their registry (docker.io, quay.io,
+# nvcr.io, ghcr.io, ...), in order, and tagged with the name the student asked
+# for afterwards. The defaults list public mirrors reachable from China in 2026
+# (USTC's, first for Docker Hub, has been suspended since 2024; the next ones
+# work off its campus). Put your own pull-through cache first with
+# lab_cache_mirrors, e.g. {"docker.io": "10.0.2.2:5001"} (docs/ explain it).
+c.RootlessGPUSpawner.registry_mirrors.update({
+    "quay.io": ["quay.nju.edu.cn", "m.daocloud.io/quay.io"],
+})
+# c.RootlessGPUSpawner.lab_cache_mirrors = {"docker.io": "10.0.2.2:5001", "quay.io": "10.0.2.2:5002"}
 c.RootlessGPUSpawner.mirror_fallback_to_upstream = True
 
 # GPUs per server, like docker run --gpus: "all", a count, a list of ids, or 0.

@@ -17,6 +17,9 @@ from traitlets import (
 
 from .hub.gpus import InvalidGPURequest, normalize_gpus
 from .hub.images import normalize_mirror_prefix
+from .hub.registry_mirrors import (
+    DEFAULT_REGISTRY_MIRRORS, effective_chains, normalize_lab_caches, normalize_mirror_chains,
+)
 from .layout import DOCKER_HOST_TEMPLATE, MIN_UID
 
 
@@ -292,31 +295,39 @@ class SpawnerConfig(HasTraits):
 
     mirror_prefixes = List(
         Unicode(),
-        default_value=["docker.mirrors.ustc.edu.cn"],
+        default_value=None,
+        allow_none=True,
         config=True,
         help="""
         Docker Hub mirrors to pull through, tried in order (host, optionally
-        with a path; a leading ``https://`` is accepted and dropped). Used only
-        for Docker Hub images; the image is tagged with its canonical name
-        afterwards. USTC's mirror (the default) has been closed to the public
-        since 2024: put your own pull-through cache or another mirror first::
+        with a path; a leading ``https://`` is accepted and dropped): the
+        ``docker.io`` entry of ``registry_mirrors``, kept for existing configs.
+        Unset (None, the default): ``registry_mirrors["docker.io"]`` applies.
+        Set: it replaces that entry; setting both to different lists is an
+        error. The image is tagged with its canonical name afterwards::
 
-            c.RootlessGPUSpawner.mirror_prefixes = ["docker.mirrors.ustc.edu.cn"]
+            c.RootlessGPUSpawner.mirror_prefixes = ["docker.mirrors.ustc.edu.cn", "docker.m.daocloud.io"]
         """,
     )
 
     @validate("mirror_prefixes")
     def _validate_mirror_prefixes(self, proposal):
+        if proposal.value is None:
+            return None
         try:
-            return [normalize_mirror_prefix(p) for p in proposal.value]
+            value = [normalize_mirror_prefix(p) for p in proposal.value]
         except ValueError as e:
             raise _bad_config("mirror_prefixes", f"{e}. Example: ['mirror.example.org']") from None
+        effective_chains(self.registry_mirrors, value)  # ConflictingMirrors names both settings
+        return value
 
     mirror_fallback_to_upstream = Bool(
         True,
         config=True,
         help="""
-        After every mirror failed, pull from Docker Hub itself::
+        After the lab cache and every mirror failed, pull from the registry
+        itself (Docker Hub, quay.io, ...). A registry without any mirror is
+        always pulled from directly::
 
             c.RootlessGPUSpawner.mirror_fallback_to_upstream = True
         """,
@@ -359,3 +370,68 @@ class SpawnerConfig(HasTraits):
     @default("max_concurrent_starts")
     def _default_max_concurrent_starts(self):
         return max(1, os.cpu_count() or 1)
+
+    # ---- registry mirrors ------------------------------------------------------------
+
+    registry_mirrors = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        default_value={k: list(v) for k, v in DEFAULT_REGISTRY_MIRRORS.items()},
+        config=True,
+        help="""
+        Mirrors per registry, tried in order after the lab cache and before
+        the registry itself. Keys: ``docker.io``, ``quay.io``, ``nvcr.io``,
+        ``ghcr.io``, ``registry.k8s.io`` or any ``host[:port]``. A mirror is
+        ``HOST[:PORT][/PATH]``: without a path the image keeps its repository on
+        another host (``quay.nju.edu.cn/jupyter/base-notebook``), with one the
+        path comes first (``m.daocloud.io/quay.io/jupyter/base-notebook``);
+        Docker Hub's official images keep ``library/``. A mirror that answers
+        403 / "not in allowlist" is reported and the next one is tried.
+        Assigning a dict replaces all defaults; ``.update`` keeps the others.
+        The defaults (mirrors reachable from China in 2026; DaoCloud's serve an
+        allow-list only) are in docs/en/admin-guide.md::
+
+            c.RootlessGPUSpawner.registry_mirrors.update({
+                "quay.io": ["quay.nju.edu.cn", "m.daocloud.io/quay.io"],
+                "nvcr.io": ["m.daocloud.io/nvcr.io"],
+            })
+        """,
+    )
+
+    @validate("registry_mirrors")
+    def _validate_registry_mirrors(self, proposal):
+        try:
+            value = normalize_mirror_chains(proposal.value)
+        except ValueError as e:
+            raise _bad_config(
+                "registry_mirrors", f"{e}. Example: {{'quay.io': ['quay.nju.edu.cn', 'm.daocloud.io/quay.io']}}"
+            ) from None
+        effective_chains(value, self.mirror_prefixes)  # ConflictingMirrors names both settings
+        return value
+
+    lab_cache_mirrors = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="""
+        The lab's pull-through cache per registry, as the students' daemons
+        reach it (``HOST:PORT``; 10.0.2.2 is the host's loopback seen from a
+        rootless daemon). Tried first for that registry, before
+        ``registry_mirrors``, with the same probe and cool-down; the progress
+        bar then says "from the lab cache". ``rootless-gpu-admin`` sets the
+        cache up and makes the daemons trust it. Empty: no lab cache::
+
+            c.RootlessGPUSpawner.lab_cache_mirrors = {"docker.io": "10.0.2.2:5001", "quay.io": "10.0.2.2:5002"}
+        """,
+    )
+
+    @validate("lab_cache_mirrors")
+    def _validate_lab_cache_mirrors(self, proposal):
+        try:
+            return normalize_lab_caches(proposal.value)
+        except ValueError as e:
+            raise _bad_config("lab_cache_mirrors", f"{e}. Example: {{'docker.io': '10.0.2.2:5001'}}") from None
+
+    def mirror_chains(self) -> dict:
+        """registry -> mirror specs in force (``mirror_prefixes`` as the docker.io entry when set)."""
+        return effective_chains(self.registry_mirrors, self.mirror_prefixes)

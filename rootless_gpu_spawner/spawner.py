@@ -26,7 +26,7 @@ from .hub.daemon import BadAnswer, DaemonError, DaemonNotRunning, LyingAnswer
 from .hub.gpu_holding import GPUHolding
 from .hub.gpus import device_requests, gpu_driver_error_message, is_gpu_driver_error
 from .hub.progress import ProgressFeed, pull_message
-from .hub.pulls import ImageError, PullAttempt, ensure_image
+from .hub.pulls import ImageError, PullAttempt, attempt_message, ensure_image, pulled_message
 from .hub.readiness import wait_until_answering
 from .hub.spawn_options import SpawnOptions
 
@@ -255,13 +255,14 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, Sp
                 self._connection,
                 ref,
                 policy=self.pull_policy,
-                mirror_prefixes=self.mirror_prefixes,
+                mirrors=self.mirror_chains(),
+                lab_caches=self.lab_cache_mirrors,
                 fallback_to_upstream=self.mirror_fallback_to_upstream,
                 account=account.name,
                 skip_mirror=self._skip_mirror,
                 on_attempt=self._pull_attempt,
                 on_progress=lambda source, p: feed.emit_threadsafe(
-                    10 + int(60 * p.fraction), pull_message(ref.familiar, source, p.done_bytes, p.total_bytes)
+                    10 + int(60 * p.fraction), pull_message(ref.familiar, source.label, p.done_bytes, p.total_bytes)
                 ),
                 pull_timeout=self.image_pull_timeout,
             )
@@ -269,7 +270,7 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, Sp
             raise SpawnRefused(500, str(e)) from None
         if pulled.pulled_from:
             self.log.info("image %s for %s pulled from %s", ref.familiar, account.name, pulled.pulled_from)
-            feed.emit(70, f"pulled {ref.familiar} from {pulled.pulled_from}")
+            feed.emit(70, pulled_message(ref.familiar, pulled))
 
         async with start_slot(self.max_concurrent_starts, self._progress):
             return await self._run_container(pulled, workspace, gpus, account)
@@ -367,7 +368,7 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, Sp
         # What the daemon reports about a mirror is the student's word: it shows on this
         # student's progress page only. Shared mirror health changes on the hub's own probe.
         if attempt.outcome != PullAttempt.PULLED:
-            self._progress.emit(None, f"{attempt.source}: {printable(attempt.reason, 160)}")
+            self._progress.emit(None, attempt_message(attempt))
 
     def template_namespace(self):
         namespace = super().template_namespace()

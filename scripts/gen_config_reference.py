@@ -70,6 +70,7 @@ GROUP_TITLES = {
     "container user, workspace": ("Container user and workspace", "容器用户与工作区"),
     "GPUs": ("GPU allocation", "GPU 分配"),
     "images": ("Images, mirrors and admission", "镜像、镜像加速与启动排队"),
+    "registry mirrors": ("Mirrors for every registry, the lab cache", "各镜像仓库的加速镜像与实验室缓存"),
 }
 
 #: Defaults computed by a ``@default`` method, described instead of evaluated.
@@ -159,9 +160,20 @@ ZH_SUMMARY = {
     "gpu_device_mode": "向 Docker 申请 GPU 的方式：`\"nvidia\"`（NVIDIA Container Toolkit 钩子，同 `--gpus`）、"
     "`\"cdi\"`（`nvidia.com/gpu=ID`，需要 Docker 25+ 和 `nvidia-ctk cdi generate` 生成的 CDI spec）或 "
     "`\"auto\"`（daemon 报告的 CDI spec 目录里有 NVIDIA spec 时用 CDI，否则用钩子）。",
-    "mirror_prefixes": "拉取 Docker Hub 镜像时依次尝试的前缀镜像（主机名，可带路径；`https://` 会被去掉）。"
-    "只用于 Docker Hub 镜像；经镜像拉取后打上原始名称的标签。",
-    "mirror_fallback_to_upstream": "所有前缀镜像都失败后，是否直接从 Docker Hub 拉取。",
+    "mirror_prefixes": "拉取 Docker Hub 镜像时依次尝试的前缀镜像（主机名，可带路径；`https://` 会被去掉），即 "
+    "`registry_mirrors[\"docker.io\"]`（为兼容旧配置保留）。未设置（None，默认）时用 `registry_mirrors` 的 docker.io "
+    "项；设置后替换该项；两者都设置且不同会报错。经镜像拉取后打上原始名称的标签。",
+    "mirror_fallback_to_upstream": "实验室缓存和所有加速镜像都失败后，是否直接从原仓库（Docker Hub、quay.io 等）拉取。"
+    "没有配置任何加速镜像的仓库总是直接拉取。",
+    "registry_mirrors": "每个镜像仓库（`docker.io`、`quay.io`、`nvcr.io`、`ghcr.io`、`registry.k8s.io` 或任意 "
+    "`host[:port]`）的加速镜像列表，按顺序在实验室缓存之后、原仓库之前尝试。镜像写作 `HOST[:PORT][/PATH]`：不带路径"
+    "表示换主机（`quay.nju.edu.cn/jupyter/base-notebook`），带路径表示加前缀（`m.daocloud.io/quay.io/jupyter/"
+    "base-notebook`）；Docker Hub 官方镜像保留 `library/`。回答 403 / \"not in allowlist\" 的镜像会在进度中说明，"
+    "然后试下一个。直接赋值字典会替换全部默认值，用 `.update` 可保留其余默认项。默认值（2026 年在国内可用的镜像；"
+    "DaoCloud 只服务白名单内的镜像）见 docs/zh/admin-guide.md。",
+    "lab_cache_mirrors": "各仓库对应的实验室拉取缓存（pull-through cache），写作学生 daemon 访问它的 `HOST:PORT`"
+    "（10.0.2.2 是 rootless daemon 看到的主机回环地址）。对该仓库最先尝试，早于 `registry_mirrors`，探测与冷却规则"
+    "相同；进度条显示“from the lab cache”。缓存由 `rootless-gpu-admin` 搭建。为空：没有实验室缓存。",
     "mirror_probe_timeout": "拉取前探测前缀镜像 TCP 连接的超时秒数，连不上就跳过（否则一个失效的镜像每次拉取都要"
     "耗费 daemon 约 30 秒）。",
     "mirror_cooldown": "失败过的前缀镜像在多少秒内不再尝试。",
@@ -180,10 +192,10 @@ INHERITED_USED = [
      "学生可选的镜像：字典 `{标签: 镜像}`、镜像列表、`\"*\"`（任意）或返回上述之一的函数 `f(spawner)`。表单和 "
      "`user_options[\"image\"]` 使用标签。为空：不能选择，总是用 `image`。"),
     ("pull_policy", "`ifnotpresent`: an image already on the student's daemon costs no network; `always`: pull every "
-     "time; `never`: refuse when it is missing; `skip`: do not look. Docker Hub images are pulled through "
-     "`mirror_prefixes`.",
+     "time; `never`: refuse when it is missing; `skip`: do not look. Images are pulled through the lab cache "
+     "(`lab_cache_mirrors`) and `registry_mirrors` of their registry.",
      "`ifnotpresent`：学生 daemon 上已有的镜像不再联网；`always`：每次都拉取；`never`：没有就拒绝；`skip`：不检查。"
-     "Docker Hub 镜像经 `mirror_prefixes` 拉取。"),
+     "镜像经其仓库的实验室缓存（`lab_cache_mirrors`）和 `registry_mirrors` 拉取。"),
     ("remove", "A stopped server leaves no container (and no GPU held by one); files live in the workspace.",
      "服务器停止后删除容器（也不会有容器占着 GPU）；文件保存在工作区。"),
     ("port", "The port inside the container. Below 1024 is refused: a rootless daemon cannot publish it.",

@@ -36,7 +36,7 @@ packages=(
   nodejs npm                                                # configurable-http-proxy
   chromium fonts-noto-cjk                                   # browser tests (the UI is bilingual)
   python3 python3-venv python3-pip
-  iproute2 procps ca-certificates curl
+  iproute2 procps ca-certificates curl openssl             # openssl: TLS for the mirror tests
 )
 missing=()
 for p in "${packages[@]}"; do

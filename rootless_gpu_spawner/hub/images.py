@@ -1,4 +1,4 @@
-"""Image references and Docker Hub mirror prefixes.
+"""Image references and mirror names for them.
 
 Pure functions only: parsing follows the distribution reference grammar
 (github.com/distribution/reference) with Docker's normalisation rules, so that
@@ -86,15 +86,16 @@ class ImageRef:
         return self.familiar_repository + self._suffix()
 
     def via_mirror(self, prefix: str) -> "ImageRef":
-        """This Docker Hub image as served by a prefix mirror.
+        """This image as served by a mirror of its registry.
 
         ``docker.io/library/python:3`` through ``mirror.example:5000`` becomes
-        ``mirror.example:5000/library/python:3``.  A prefix may carry a path
-        (``registry.lab/dockerhub``) for pull-through caches that host several
-        upstreams.
+        ``mirror.example:5000/library/python:3`` (a host swap);
+        ``quay.io/jupyter/base-notebook`` through ``m.daocloud.io/quay.io``
+        becomes ``m.daocloud.io/quay.io/jupyter/base-notebook`` (a path prefix,
+        for mirrors and pull-through caches that host several upstreams).
+        Which mirror serves which registry is
+        :mod:`rootless_gpu_spawner.hub.registry_mirrors`' business.
         """
-        if not self.is_docker_hub:
-            raise ValueError(f"{self.canonical} is not a Docker Hub image")
         domain, _, base = normalize_mirror_prefix(prefix).partition("/")
         path = f"{base}/{self.path}" if base else self.path
         return ImageRef(domain, path, self.tag, self.digest)
@@ -219,19 +220,3 @@ def normalize_mirror_prefix(prefix: str) -> str:
         if not _PATH_COMPONENT.match(component):
             raise ValueError(f"mirror prefix {prefix!r}: bad path component {component!r}")
     return value
-
-
-def pull_candidates(
-    ref: ImageRef, mirror_prefixes, fallback_to_upstream: bool
-) -> list[ImageRef]:
-    """The references to try, in order, to get ``ref`` onto a daemon.
-
-    Mirrors apply only to Docker Hub images: a mirror of Docker Hub does not
-    serve quay.io or a lab registry.
-    """
-    if not ref.is_docker_hub:
-        return [ref]
-    candidates = [ref.via_mirror(p) for p in mirror_prefixes]
-    if fallback_to_upstream or not candidates:
-        candidates.append(ref)
-    return candidates

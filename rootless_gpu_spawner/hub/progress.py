@@ -14,11 +14,14 @@ def human_bytes(n: float) -> str:
 
 
 def pull_message(image: str, source: str, done: int, total: int) -> str:
-    """"pulling python:3.11 via mirror.example: 1.2 GB of 3.4 GB" (no "via" for the source itself)."""
-    via = "" if source == image else f" via {source.split('/', 1)[0]}"
+    """"pulling python:3.11 from mirror mirror.example: 1.2 GB of 3.4 GB".
+
+    ``source`` names where the bytes come from in words (``PullSource.label``:
+    "the lab cache", "mirror quay.nju.edu.cn", "quay.io (upstream)").
+    """
     if total:
-        return f"pulling {image}{via}: {human_bytes(done)} of {human_bytes(total)}"
-    return f"pulling {image}{via}"
+        return f"pulling {image} from {source}: {human_bytes(done)} of {human_bytes(total)}"
+    return f"pulling {image} from {source}"
 
 
 class ProgressFeed:

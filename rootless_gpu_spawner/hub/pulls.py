@@ -1,4 +1,4 @@
-"""Getting an image onto a student's daemon: pull policy, mirror prefixes, canonical tags."""
+"""Getting an image onto a student's daemon: pull policy, lab cache and mirrors, canonical tags."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from docker.errors import APIError, NotFound
 
 from .daemon import is_connection_error
 from ..errors import AnswerTooLarge, DaemonError
-from .images import ImageRef, pull_candidates
+from .images import ImageRef
+from .registry_mirrors import PullSource, classify_refusal, pull_sources, refusal_message
 from ..safetext import printable
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,16 @@ class PullAttempt:
 
     PULLED = "pulled"
     SKIPPED = "skipped"  # a mirror left out before asking the daemon (cooling down, unreachable)
+    REFUSED = "refused"  # the source answered but will not serve this image (allow-list, 401, 404)
     FAILED = "failed"
 
     source: str  # the reference pulled (a mirror's name for it, or the canonical one)
-    mirror: str | None  # the mirror prefix, None for the registry itself
+    mirror: str | None  # the mirror spec (lab cache or mirror), None for the registry itself
     outcome: str
     reason: str | None = None  # why it was skipped or failed, for the student (printable)
+    via: PullSource | None = None  # which kind of source (lab cache, mirror, upstream), for messages
+    refusal: str | None = None  # REFUSED only: registry_mirrors.ALLOW_LIST, UNAUTHORIZED or NOT_FOUND
+    more: bool = False  # another source comes after this one
 
 
 @dataclass
@@ -39,6 +44,27 @@ class PullResult:
     image: str  # the local name to create the container from
     pulled_from: str | None = None  # None when the image was already present
     attempts: list[PullAttempt] = field(default_factory=list)
+
+
+def attempt_message(attempt: PullAttempt) -> str:
+    """A progress line for a source that did not give the image.
+
+    "mirror m.example refuses this image (allow-list): trying the next (denied: not in allowlist)",
+    "mirror 10.0.2.2:1 (10.0.2.2:1/library/python:3): skipped: no answer from ...".
+    The daemon's words are shown (printable, cut), never acted on beyond the typed outcome.
+    """
+    reason = printable(attempt.reason or "", 160)
+    label = attempt.via.label if attempt.via is not None else attempt.source
+    if attempt.outcome == PullAttempt.REFUSED and attempt.via is not None:
+        return f"{refusal_message(attempt.via, attempt.refusal, attempt.more)} ({reason})"
+    return f"{label} ({attempt.source}): {reason}"
+
+
+def pulled_message(image: str, result: PullResult) -> str:
+    """"pulled python:3 from the lab cache" / "from mirror m.example" / "from docker.io (upstream)"."""
+    last = result.attempts[-1] if result.attempts else None
+    label = last.via.label if last is not None and last.via is not None else result.pulled_from
+    return f"pulled {image} from {label}"
 
 
 #: Bounds on one pull's progress stream (a real one has tens of layers and lines of ~200 bytes).
@@ -184,9 +210,10 @@ async def ensure_image(
     ref: ImageRef,
     *,
     policy: str,
-    mirror_prefixes,
+    mirrors: dict,
     fallback_to_upstream: bool,
     account: str,
+    lab_caches: dict | None = None,
     skip_mirror=None,
     on_attempt=None,
     on_progress=None,
@@ -194,21 +221,22 @@ async def ensure_image(
 ) -> PullResult:
     """Make ``ref`` available on the daemon behind ``conn``; return the local name to use.
 
+    ``mirrors``: registry -> mirror specs (``registry_mirrors`` in force);
+    ``lab_caches``: registry -> the lab cache's spec, tried first.
     ``ifnotpresent``: an image already present under its canonical name (or,
     for digests, under a mirror name from an earlier pull) costs no network.
     After a pull through a mirror the image is tagged with its canonical name,
     so ``docker images`` and the next spawn find it as the student asked.
+    ``on_progress(PullSource, PullProgress)`` is called from the daemon's thread.
     """
     policy = policy.lower()
-    candidates = pull_candidates(ref, mirror_prefixes, fallback_to_upstream)
-    prefixes = list(mirror_prefixes) if ref.is_docker_hub else []
-    sources = [(prefixes[i] if i < len(prefixes) else None, c) for i, c in enumerate(candidates)]
+    sources = pull_sources(ref, mirrors, lab_caches or {}, fallback_to_upstream)
     if policy == "skip":
         return PullResult(ref.familiar)
     if policy != "always":
         local_names = [ref.familiar]
         if ref.digest:
-            local_names += [c.familiar for c in candidates if c != ref]
+            local_names += [c.familiar for _, c in sources if c != ref]
         present = await _present(conn, local_names)
         if present:
             return PullResult(present)
@@ -225,39 +253,50 @@ async def ensure_image(
         if on_attempt:
             on_attempt(attempt)
 
-    for prefix, candidate in sources:
-        if prefix is not None and skip_mirror is not None:
-            reason = await skip_mirror(prefix)
+    for index, (source, candidate) in enumerate(sources):
+        more = index + 1 < len(sources)
+        if source.spec is not None and skip_mirror is not None:
+            reason = await skip_mirror(source.spec)
             if reason:
-                attempted(PullAttempt(candidate.familiar, prefix, PullAttempt.SKIPPED, reason))
+                attempted(PullAttempt(candidate.familiar, source.spec, PullAttempt.SKIPPED, reason, source, more=more))
                 continue
-        repository, tag = candidate.pull_args
-        log.info("pulling %s for %s (as %s)", ref.familiar, account, candidate.familiar)
-        report = (lambda p, name=candidate.familiar: on_progress(name, p)) if on_progress else None
-        try:
-            await conn.run(_drain_pull, repository, tag, report, seconds=pull_timeout, max_bytes=None)
-        except DaemonError:
-            raise  # the daemon itself failed (gone, too slow, too much, a lie): no next source helps
-        except Exception as e:  # one failed source: note it and try the next
-            if is_connection_error(e):
-                raise
-            reason = printable(e.explanation if isinstance(e, APIError) and e.explanation else str(e), 300)
-            log.warning("pull of %s failed: %s", candidate.familiar, reason)
-            attempted(PullAttempt(candidate.familiar, prefix, PullAttempt.FAILED, reason))
-            continue
-        attempted(PullAttempt(candidate.familiar, prefix, PullAttempt.PULLED))
-        result.pulled_from = candidate.familiar
-        if candidate != ref:
-            result.image = await _adopt_canonical_name(conn, ref, candidate)
-        return result
+        attempt = await _pull_one(conn, ref, source, candidate, account, on_progress, pull_timeout)
+        attempt.more = more
+        attempted(attempt)
+        if attempt.outcome == PullAttempt.PULLED:
+            result.pulled_from = candidate.familiar
+            if candidate != ref:
+                result.image = await _adopt_canonical_name(conn, ref, candidate)
+            return result
 
     tried = "; ".join(f"{a.source}: {a.reason}" for a in result.attempts)
     hint = (
-        "check RootlessGPUSpawner.mirror_prefixes (a mirror may be down or not carry the image)"
-        if ref.is_docker_hub
+        f"check RootlessGPUSpawner.registry_mirrors['{ref.domain}'] and lab_cache_mirrors (a mirror may be "
+        "down, or serve an allow-list without this image)"
+        if any(s.spec for s, _ in sources)
         else "check that the registry is reachable from the student's daemon"
     )
     raise ImageError(f"could not pull {ref.familiar} for {account}. Tried {tried}. Fix: {hint}.")
+
+
+async def _pull_one(conn, ref, source, candidate, account, on_progress, pull_timeout) -> PullAttempt:
+    """One pull from one source, as a record; raises only when the daemon itself failed."""
+    repository, tag = candidate.pull_args
+    log.info("pulling %s for %s (as %s, from %s)", ref.familiar, account, candidate.familiar, source.label)
+    report = (lambda p: on_progress(source, p)) if on_progress else None
+    try:
+        await conn.run(_drain_pull, repository, tag, report, seconds=pull_timeout, max_bytes=None)
+    except DaemonError:
+        raise  # the daemon itself failed (gone, too slow, too much, a lie): no next source helps
+    except Exception as e:  # one failed source: note it and try the next
+        if is_connection_error(e):
+            raise
+        reason = printable(e.explanation if isinstance(e, APIError) and e.explanation else str(e), 300)
+        log.warning("pull of %s failed: %s", candidate.familiar, reason)
+        refusal = classify_refusal(reason)
+        outcome = PullAttempt.REFUSED if refusal else PullAttempt.FAILED
+        return PullAttempt(candidate.familiar, source.spec, outcome, reason, source, refusal)
+    return PullAttempt(candidate.familiar, source.spec, PullAttempt.PULLED, None, source)
 
 
 async def _adopt_canonical_name(conn, ref: ImageRef, mirrored: ImageRef) -> str:

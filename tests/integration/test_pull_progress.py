@@ -84,9 +84,9 @@ def test_pull_progress_and_dead_mirror(progress_hub, daemons, testbed):
     # The dead mirror was skipped quickly, and the log says which mirror served the image.
     assert any(dead in m and "no answer from 127.0.0.1:1" in m for m in messages), messages
     byte_lines = [m for m in messages if re.search(
-        rf"pulling {re.escape(SHORT)} via {re.escape(testbed['registry_from_daemon'])}: [\d.]+ [kMG]?B of [\d.]+ [kMG]?B", m)]
+        rf"pulling {re.escape(SHORT)} from mirror {re.escape(testbed['registry_from_daemon'])}: [\d.]+ [kMG]?B of [\d.]+ [kMG]?B", m)]
     assert byte_lines, messages
-    assert any(f"pulled {SHORT} from {testbed['registry_from_daemon']}" in m for m in messages), messages
+    assert any(f"pulled {SHORT} from mirror {testbed['registry_from_daemon']}" in m for m in messages), messages
     percents = [e["progress"] for e in events if "progress" in e]
     assert percents == sorted(percents) and percents[-1] == 100, percents
     assert SHORT in client.images.get(SHORT).tags

@@ -22,7 +22,9 @@ def test_defaults():
     s = make()
     assert s.docker_host_template == "unix:///run/user/{uid}/docker.sock"
     assert s.gpus == "all"
-    assert s.mirror_prefixes == ["docker.mirrors.ustc.edu.cn"]
+    assert s.mirror_prefixes is None
+    assert s.mirror_chains()["docker.io"] == ["docker.mirrors.ustc.edu.cn", "docker.m.daocloud.io"]
+    assert s.lab_cache_mirrors == {}
     assert s.mirror_fallback_to_upstream is True
     assert s.host_gateway_ip == "10.0.2.2"
     assert s.workspace_dir == "workspace" and s.workspace_mount == "/workspace"
@@ -45,6 +47,9 @@ def test_host_ip_ignores_docker_host(monkeypatch):
         ("gpus", -2, "RootlessGPUSpawner.gpus"),
         ("gpus", "many", "RootlessGPUSpawner.gpus"),
         ("mirror_prefixes", ["bad host"], "RootlessGPUSpawner.mirror_prefixes"),
+        ("registry_mirrors", {"quay.io": ["bad host"]}, "RootlessGPUSpawner.registry_mirrors: mirror of 'quay.io'"),
+        ("registry_mirrors", {"quay": ["q.example"]}, "RootlessGPUSpawner.registry_mirrors: registry 'quay'"),
+        ("lab_cache_mirrors", {"docker.io": "bad host"}, "RootlessGPUSpawner.lab_cache_mirrors"),
         ("workspace_mount", "relative", "RootlessGPUSpawner.workspace_mount"),
         ("workspace_mount", "/", "RootlessGPUSpawner.workspace_mount"),
     ],
@@ -53,6 +58,21 @@ def test_invalid_config_names_the_trait(trait, value, words):
     with pytest.raises(Exception) as info:
         make(**{trait: value})
     assert words in str(info.value)
+
+
+def test_mirror_prefixes_and_registry_mirrors_conflict_names_both():
+    for order in (0, 1):
+        settings = [("mirror_prefixes", ["a.example"]), ("registry_mirrors", {"docker.io": ["b.example"]})]
+        with pytest.raises(Exception) as info:
+            make(**dict(settings[::-1] if order else settings))
+        assert "RootlessGPUSpawner.mirror_prefixes" in str(info.value)
+        assert "RootlessGPUSpawner.registry_mirrors['docker.io']" in str(info.value)
+
+
+def test_mirror_prefixes_is_the_docker_hub_entry():
+    s = make(mirror_prefixes=["a.example"], registry_mirrors={"quay.io": ["q.example"]})
+    assert s.mirror_chains() == {"docker.io": ["a.example"], "quay.io": ["q.example"]}
+    assert make(lab_cache_mirrors={"index.docker.io": "10.0.2.2:5001"}).lab_cache_mirrors == {"docker.io": "10.0.2.2:5001"}
 
 
 def test_mirror_prefix_urls_normalised():

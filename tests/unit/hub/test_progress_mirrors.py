@@ -29,10 +29,10 @@ def test_pull_progress_sums_layers():
 
 def test_messages():
     assert human_bytes(1.2e9) == "1.2 GB" and human_bytes(3_400_000) == "3.4 MB" and human_bytes(12) == "12 B"
-    assert pull_message("pytorch/pytorch:2", "mirror.example/pytorch/pytorch:2", 1.2e9, 3.4e9) == (
-        "pulling pytorch/pytorch:2 via mirror.example: 1.2 GB of 3.4 GB"
+    assert pull_message("pytorch/pytorch:2", "mirror mirror.example", 1.2e9, 3.4e9) == (
+        "pulling pytorch/pytorch:2 from mirror mirror.example: 1.2 GB of 3.4 GB"
     )
-    assert pull_message("python:3", "python:3", 0, 0) == "pulling python:3"
+    assert pull_message("python:3", "the lab cache", 0, 0) == "pulling python:3 from the lab cache"
 
 
 async def test_progress_feed_replays_and_follows():
