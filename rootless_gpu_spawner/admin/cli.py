@@ -5,6 +5,7 @@
     rootless-gpu-admin start-daemon NAME [--gpu-stub-dir DIR]
     rootless-gpu-admin stop-daemon NAME
     rootless-gpu-admin status [NAME ...] [--json]
+    rootless-gpu-admin cache setup|status|stop|warm|prune ...   (admin/cache.py)
 
 ``status`` without a name, as root, lists every student (uid >= 1000) who
 has a rootless daemon or its configuration; run by a student, it checks
@@ -26,6 +27,8 @@ import sys
 from urllib.parse import urlparse
 
 from . import bootstrap as bootstrap_mod
+from . import cache as cache_mod
+from ..host.labcache import CacheError
 from ..host import daemonctl
 from . import checks as hostchecks
 from ..host import service
@@ -293,6 +296,24 @@ def cmd_status(args) -> int:
     return EXIT_OK if all(st["running"] and st["rootless"] for st in results) else EXIT_PROBLEMS
 
 
+# ------------------------------------------------------------------ lab cache
+
+
+def cmd_cache(args) -> int:
+    if args.cache_func != cache_mod.cmd_status:
+        _require_root(f"cache {args.cache_command}")
+    if args.cache_func != "setup":
+        return args.cache_func(args)
+    names = list(args.user or [])
+    if args.group:
+        try:
+            names = bootstrap_mod.group_members(args.group)
+        except bootstrap_mod.BootstrapError as e:
+            raise AdminError(str(e)) from None
+    users = [] if args.host_only else (_accounts(names) if names else students_with_daemons())
+    return cache_mod.cmd_setup(args, [pw for pw in users if pw.pw_uid >= MIN_UID])
+
+
 # ------------------------------------------------------------------ CLI
 
 
@@ -351,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "docker.service; otherwise yourself)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    cache_mod.add_parser(sub).set_defaults(func=cmd_cache)
     return parser
 
 
@@ -361,7 +384,7 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return args.func(args)
-    except (AdminError, AccountError, daemonctl.DaemonError) as e:
+    except (AdminError, AccountError, daemonctl.DaemonError, CacheError) as e:
         print(f"rootless-gpu-admin: {_shown(e, '  ')}", file=sys.stderr)
         return EXIT_USAGE
 
