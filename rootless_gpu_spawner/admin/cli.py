@@ -319,9 +319,12 @@ def cmd_prune_images(args) -> int:
     _require_root("prune-images")
     users = _accounts(args.user) if args.user else students_with_daemons()
     report, ok = [], True
+    store = imagestore.SeenStore(args.state_dir)
     for pw in users:
         try:
-            verdicts = imagestore.plan(pw, args.unused_days, repos=args.image)
+            seen = store.load(pw.pw_name)
+            verdicts = imagestore.plan(pw, args.unused_days, repos=args.image, seen=seen)
+            store.save(pw.pw_name, seen)
         except imagestore.StoreError as e:
             report.append({"user": pw.pw_name, "error": str(e), "images": []})
             ok = False
@@ -440,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", action="append", metavar="NAME",
                    help="this student (repeatable; default: every student with a daemon)")
     p.add_argument("--unused-days", type=float, default=30.0, help="keep images used within this many days (default 30)")
+    p.add_argument("--state-dir", default=imagestore.SEEN_DIR, help=argparse.SUPPRESS)  # tests: a temp dir
     p.add_argument("--image", action="append", metavar="REPOSITORY",
                    help="only images of this repository, e.g. quay.io/jupyter/scipy-notebook (repeatable)")
     p.add_argument("--apply", action="store_true", help="remove them (through the student's own daemon, never forced)")

@@ -13,14 +13,18 @@ What ``prune-images`` may remove (the policy, docs/en/lab-cache.md):
   (``RepoDigests`` empty: built, committed, imported or loaded), or one with a
   tag whose repository has no digest (the student tagged it);
 * only an image pulled from a registry and not used for ``unused_days``:
-  its last use is the newest of its last tag time (set by a pull or a tag) and
-  the creation of any container from it; an image with neither is kept (no
-  record of when it came).
+  its last use is the newest of its last tag time (a ``docker tag`` sets it;
+  docker 20.10's pull does not), the creation of any container from it, and
+  the first time ``prune-images`` saw it (a dry run counts: noted in a
+  root-owned state file, :class:`SeenStore`), so run it regularly (e.g. a
+  weekly cron dry run) and the clock starts for images nobody used.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -31,11 +35,13 @@ from urllib.parse import quote
 from .. import boundedjson
 from ..safetext import printable
 from ..transport import CallGuard
-from . import daemonctl
+from . import daemonctl, safefs
 
 IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
 TAG = re.compile(r"^[a-z0-9][a-z0-9._/:-]{0,254}$")
 LIST_LIMIT = 8 << 20
+#: Where prune-images notes when it first saw each student's images (root only).
+SEEN_DIR = "/var/lib/rootless-gpu-spawner/image-seen"
 
 
 class StoreError(RuntimeError):
@@ -135,7 +141,7 @@ def judge(image: dict, used_by: dict[str, str], last_tag: float, unused_days: fl
     if own:
         return keep(f"tagged by the student ({', '.join(printable(t, 100) for t in own[:3])})")
     if not last_tag:
-        return keep("no record of when it was pulled or used")
+        return keep("no record of when it was pulled or used")  # only without a SeenStore
     age = (now - last_tag) / 86400
     if age < unused_days:
         return keep(f"used {age:.1f} days ago (keeps images used within {unused_days:g} days)")
@@ -149,9 +155,45 @@ def _in_repos(image: dict, repos: Optional[list[str]]) -> bool:
     return bool(names & set(repos))
 
 
-def plan(pw, unused_days: float, now: Optional[float] = None, repos: Optional[list[str]] = None) -> list[Verdict]:
-    """The verdict on each image of *pw*'s daemon (only those of *repos* when given)."""
+class SeenStore:
+    """``DIR/USER.json``: image id -> when prune-images first saw it (root's own files, bounded)."""
+
+    MAX_BYTES = 4 << 20
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def _path(self, user: str) -> str:
+        return os.path.join(self.directory, user + ".json")
+
+    def load(self, user: str) -> dict[str, float]:
+        try:
+            with open(self._path(user), "rb") as f:
+                doc = boundedjson.loads(f.read(self.MAX_BYTES))
+        except (OSError, boundedjson.UntrustedJSONError):
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {k: float(v) for k, v in doc.items() if IMAGE_ID.match(str(k)) and isinstance(v, (int, float))}
+
+    def save(self, user: str, seen: dict[str, float]) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        dfd = os.open(self.directory, safefs.O_DIR)
+        try:
+            safefs.atomic_write(dfd, user + ".json", json.dumps(seen, sort_keys=True).encode(), mode=0o600,
+                                owner=None, shown=self._path(user))
+        finally:
+            os.close(dfd)
+
+
+def plan(pw, unused_days: float, now: Optional[float] = None, repos: Optional[list[str]] = None,
+         seen: Optional[dict[str, float]] = None) -> list[Verdict]:
+    """The verdict on each image of *pw*'s daemon (only those of *repos* when given).
+
+    *seen* (image id -> first seen) is updated in place: images gone are
+    dropped, new ones noted at *now*."""
     now = time.time() if now is None else now
+    seen = {} if seen is None else seen
     images = _get_json(pw, "/images/json", list)[:5000]
     containers = _get_json(pw, "/containers/json?all=1", list)[:5000]
     used_by: dict[str, str] = {}
@@ -163,6 +205,11 @@ def plan(pw, unused_days: float, now: Optional[float] = None, repos: Optional[li
         if running or c["ImageID"] not in used_by:
             used_by[c["ImageID"]] = "running" if running else "stopped"
         last_use[c["ImageID"]] = max(last_use.get(c["ImageID"], 0.0), float(_int(c.get("Created"))))
+    present = {i.get("Id") for i in images if isinstance(i, dict) and IMAGE_ID.match(str(i.get("Id")))}
+    for gone in set(seen) - present:
+        del seen[gone]
+    for iid in present:
+        seen.setdefault(iid, now)
     out = []
     for image in images:
         if not isinstance(image, dict) or not _in_repos(image, repos):
@@ -172,7 +219,7 @@ def plan(pw, unused_days: float, now: Optional[float] = None, repos: Optional[li
         if IMAGE_ID.match(iid) and iid not in used_by:
             meta = _get_json(pw, f"/images/{iid}/json", dict).get("Metadata")
             tagged = _when(meta.get("LastTagTime")) if isinstance(meta, dict) else 0.0
-        out.append(judge(image, used_by, max(tagged, last_use.get(iid, 0.0)), unused_days, now))
+        out.append(judge(image, used_by, max(tagged, last_use.get(iid, 0.0), seen.get(iid, 0.0)), unused_days, now))
     return out
 
 

@@ -182,7 +182,8 @@ def test_prune_images_keeps_what_policy_protects(lab):
         d.api.pull(ref, tag="v1")
     d.api.create_container(f"{miss}:v1", name="kept-by-a-container")  # a stopped container's image
     d.images.get(f"{warm}:v1").tag("mywork/analysis", "day1")  # tagged by the student
-    args = ["prune-images", "--user", lab["pw"].pw_name, "--unused-days", "0", "--json"]
+    state = ["--state-dir", os.path.join(lab["root"], "seen")]  # when prune-images first saw each image
+    args = ["prune-images", "--user", lab["pw"].pw_name, *state, "--unused-days", "0", "--json"]
     repos = [x for r in (old, miss, warm) for x in ("--image", r)]
     code, out, err = cli(*args, *repos)
     assert code == 0, out + err
@@ -191,8 +192,8 @@ def test_prune_images_keeps_what_policy_protects(lab):
     assert not rows[(f"{miss}:v1",)]["remove"] and "stopped container" in rows[(f"{miss}:v1",)]["reason"]
     warm_row = next(v for k, v in rows.items() if f"{warm}:v1" in k)
     assert not warm_row["remove"] and "tagged by the student" in warm_row["reason"]
-    # A week's grace keeps even the unused one; the saved (imported) image is never a candidate.
-    code, out, err = cli("prune-images", "--user", lab["pw"].pw_name, "--unused-days", "7", *repos)
+    # Seen for the first time just now: a week's grace keeps even the unused one.
+    code, out, err = cli("prune-images", "--user", lab["pw"].pw_name, *state, "--unused-days", "7", *repos)
     assert code == 0 and "would remove 0 image(s)" in out, out + err
     code, out, err = cli(*args, *repos, "--apply")
     assert code == 0, out + err

@@ -66,3 +66,15 @@ def test_hostile_field_types_are_ignored():
 ])
 def test_docker_timestamps(text, ok):
     assert (imagestore._when(text) > 0) is ok
+
+
+def test_the_seen_store_round_trips_and_ignores_junk(tmp_path):
+    store = imagestore.SeenStore(str(tmp_path / "seen"))
+    assert store.load("alice") == {}
+    store.save("alice", {ID: 123.0})
+    assert store.load("alice") == {ID: 123.0}
+    assert oct((tmp_path / "seen" / "alice.json").stat().st_mode & 0o777) == "0o600"
+    (tmp_path / "seen" / "bob.json").write_text('{"../x": 1, "%s": "soon"}' % ID)
+    assert store.load("bob") == {}
+    (tmp_path / "seen" / "carol.json").write_text("[1, 2")
+    assert store.load("carol") == {}
