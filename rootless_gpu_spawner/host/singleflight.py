@@ -71,7 +71,13 @@ class Front:
                 await _answer(writer, 503, "too many connections to the lab cache; retry")
                 return
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+                first = await asyncio.wait_for(reader.readexactly(1), HEAD_TIMEOUT)
+                if not first.isalpha():
+                    # A TLS ClientHello (0x16): Docker tries HTTPS first on an insecure registry.  Say no at
+                    # once (as Go's server does), or it waits out its 10 s TLS handshake timeout per pull.
+                    writer.write(b"HTTP/1.0 400 Bad Request\r\n\r\nthe lab cache speaks plain HTTP\n")
+                    return
+                head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
                 return
             m = REQUEST.match(head)

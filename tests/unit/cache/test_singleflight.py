@@ -94,6 +94,12 @@ async def test_pushes_and_odd_requests_are_refused(tmp_path):
         assert head.startswith("HTTP/1.1 405") and b"only GET/HEAD" in body
         head, _ = await _get(port, "/etc/passwd")
         assert head.startswith("HTTP/1.1 405")
+        # Docker's HTTPS attempt on an insecure registry: refused at once, not after a timeout.
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        await w.drain()
+        assert (await asyncio.wait_for(r.read(), 2)).startswith(b"HTTP/1.0 400")
+        w.close()
         r, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(b"GET /v2/ HTTP/1.1\r\nX: " + b"a" * (singleflight.MAX_HEAD + 10))
         await w.drain()
