@@ -106,3 +106,26 @@ def test_image_references(image, want):
 def test_a_bad_image_reference_is_refused():
     with pytest.raises(CacheError, match="not an image name"):
         parse_reference("UPPER/../x")
+
+
+class _Done:
+    def __init__(self, code=0):
+        self.returncode, self.stdout, self.stderr = code, "", "boom" if code else ""
+
+
+def test_under_systemd_setup_writes_units_enables_them_and_restarts_on_change(tmp_path, monkeypatch):
+    monkeypatch.setattr(labcache, "SYSTEMD_DIR", str(tmp_path / "units"))
+    (tmp_path / "units").mkdir()
+    cfg = labcache.make_config(str(tmp_path / "c"), [("quay.io", "https://quay.io")], 1 << 30, 5002)
+    calls = []
+    run = lambda cmd, timeout: calls.append(cmd) or _Done()  # noqa: E731
+    steps = cache_cli.start_processes(cfg, labcache.ensure_files(cfg), True, run)
+    names = ["rootless-gpu-cache-quay.io-registry.service", "rootless-gpu-cache-quay.io-front.service"]
+    assert sorted(os.listdir(tmp_path / "units")) == sorted(names)
+    assert calls == [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", *names], ["systemctl", "restart", *names]]
+    assert steps[0].ok and steps[0].changed
+    calls.clear()
+    steps = cache_cli.start_processes(cfg, labcache.ensure_files(cfg), True, run)  # nothing changed
+    assert calls == [["systemctl", "enable", "--now", *names]] and not steps[0].changed
+    steps = cache_cli.start_processes(cfg, [], True, lambda cmd, timeout: _Done(1))
+    assert not steps[0].ok and "systemctl failed: boom" in steps[0].detail
