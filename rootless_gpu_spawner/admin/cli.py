@@ -5,6 +5,8 @@
     rootless-gpu-admin start-daemon NAME [--gpu-stub-dir DIR]
     rootless-gpu-admin stop-daemon NAME
     rootless-gpu-admin status [NAME ...] [--json]
+    rootless-gpu-admin cache setup|status|stop|warm|prune ...   (admin/cache.py)
+    rootless-gpu-admin prune-images [--user NAME ...] [--unused-days N] [--image REPO ...] [--apply] [--json]
 
 ``status`` without a name, as root, lists every student (uid >= 1000) who
 has a rootless daemon or its configuration; run by a student, it checks
@@ -26,6 +28,10 @@ import sys
 from urllib.parse import urlparse
 
 from . import bootstrap as bootstrap_mod
+from . import cache as cache_mod
+from . import cache_checks
+from ..host import imagestore
+from ..host.labcache import CacheError
 from ..host import daemonctl
 from . import checks as hostchecks
 from ..host import service
@@ -106,13 +112,20 @@ def cmd_doctor(args) -> int:
         names = names or [me]
     users = _accounts(names)
     paths = hostchecks.HostPaths.from_env(args.nvidia_config)
-    checks = hostchecks.run_doctor(users, paths)
+    checks = _with_cache_checks(hostchecks.run_doctor(users, paths), users, args.cache_root)
     ok = all(c.ok for c in checks)
     if args.json:
         print(json.dumps({"ok": ok, "users": [u.pw_name for u in users], "checks": [c.to_dict() for c in checks]}, indent=2))
     else:
         print(format_checks(checks))
     return EXIT_OK if ok else EXIT_PROBLEMS
+
+
+def _with_cache_checks(checks: list, users, cache_root: str) -> list:
+    """The lab cache's checks after the host's, each student's image storage after theirs."""
+    extra = cache_checks.run(users, cache_root)
+    order = ["host"] + [u.pw_name for u in users]
+    return sorted(checks + extra, key=lambda c: order.index(c.scope) if c.scope in order else len(order))
 
 
 # ------------------------------------------------------------------ bootstrap
@@ -285,12 +298,82 @@ def cmd_status(args) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
     results = [daemonctl.daemon_status(pw) for pw in users]
+    for pw, st in zip(users, results):
+        if st["running"] and st["rootless"]:
+            store = imagestore.storage(pw)
+            st["image_bytes"], st["images"] = store["layers_bytes"], store["images"]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for st in results:
             print(format_status(st))
+            if st.get("image_bytes") is not None:
+                print(f"  image storage: {st['image_bytes'] / (1 << 30):.2f} GiB in {st['images']} image(s)")
     return EXIT_OK if all(st["running"] and st["rootless"] for st in results) else EXIT_PROBLEMS
+
+
+# ------------------------------------------------------------------ prune-images
+
+
+def cmd_prune_images(args) -> int:
+    _require_root("prune-images")
+    users = _accounts(args.user) if args.user else students_with_daemons()
+    report, ok = [], True
+    store = imagestore.SeenStore(args.state_dir)
+    for pw in users:
+        try:
+            seen = store.load(pw.pw_name)
+            verdicts = imagestore.plan(pw, args.unused_days, repos=args.image, seen=seen)
+            store.save(pw.pw_name, seen)
+        except imagestore.StoreError as e:
+            report.append({"user": pw.pw_name, "error": str(e), "images": []})
+            ok = False
+            continue
+        rows = []
+        for v in verdicts:
+            row = imagestore.to_dict(v)
+            if v.remove and args.apply:
+                row["error"] = imagestore.remove(pw, v)
+                row["removed"] = row["error"] is None
+                ok = ok and row["removed"]
+            rows.append(row)
+        report.append({"user": pw.pw_name, "error": None, "images": rows})
+    if args.json:
+        print(json.dumps({"apply": args.apply, "unused_days": args.unused_days, "users": report}, indent=2))
+        return EXIT_OK if ok else EXIT_PROBLEMS
+    for r in report:
+        if r["error"]:
+            print(f"{r['user']}: {_shown(r['error'], '  ')}")
+            continue
+        gone = [i for i in r["images"] if i["remove"]]
+        total = sum(i["bytes"] for i in gone)
+        verb = "removed" if args.apply else "would remove"
+        print(f"{r['user']}: {verb} {len(gone)} image(s), {total / (1 << 30):.2f} GiB")
+        for i in r["images"]:
+            name = ", ".join(i["tags"]) or i["image_id"][:19]
+            mark = ("FAILED: " + i["error"]) if i.get("error") else (verb if i["remove"] else "keep")
+            print(f"  [{mark}] {_shown(name)} ({i['bytes'] / (1 << 20):.0f} MiB): {_shown(i['reason'])}")
+    if not args.apply:
+        print("dry run: nothing removed; add --apply (through each student's own daemon, never forced).")
+    return EXIT_OK if ok else EXIT_PROBLEMS
+
+
+# ------------------------------------------------------------------ lab cache
+
+
+def cmd_cache(args) -> int:
+    if args.cache_func != cache_mod.cmd_status:
+        _require_root(f"cache {args.cache_command}")
+    if args.cache_func != "setup":
+        return args.cache_func(args)
+    names = list(args.user or [])
+    if args.group:
+        try:
+            names = bootstrap_mod.group_members(args.group)
+        except bootstrap_mod.BootstrapError as e:
+            raise AdminError(str(e)) from None
+    users = [] if args.host_only else (_accounts(names) if names else students_with_daemons())
+    return cache_mod.cmd_setup(args, [pw for pw in users if pw.pw_uid >= MIN_UID])
 
 
 # ------------------------------------------------------------------ CLI
@@ -312,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", action="append", metavar="NAME", help="also check this user (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--nvidia-config", help=argparse.SUPPRESS)  # tests: a temporary config.toml
+    p.add_argument("--cache-root", default=cache_mod.default_root(),
+                   help="the lab cache's directory (checked when 'cache setup' made one there)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("bootstrap", help="set up the host and users idempotently (root)")
@@ -351,6 +436,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "docker.service; otherwise yourself)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    cache_mod.add_parser(sub).set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("prune-images", help="remove students' pulled images unused for N days (dry run unless --apply)")
+    p.add_argument("--user", action="append", metavar="NAME",
+                   help="this student (repeatable; default: every student with a daemon)")
+    p.add_argument("--unused-days", type=float, default=30.0, help="keep images used within this many days (default 30)")
+    p.add_argument("--state-dir", default=imagestore.SEEN_DIR, help=argparse.SUPPRESS)  # tests: a temp dir
+    p.add_argument("--image", action="append", metavar="REPOSITORY",
+                   help="only images of this repository, e.g. quay.io/jupyter/scipy-notebook (repeatable)")
+    p.add_argument("--apply", action="store_true", help="remove them (through the student's own daemon, never forced)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune_images)
     return parser
 
 
@@ -361,7 +459,7 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return args.func(args)
-    except (AdminError, AccountError, daemonctl.DaemonError) as e:
+    except (AdminError, AccountError, daemonctl.DaemonError, CacheError) as e:
         print(f"rootless-gpu-admin: {_shown(e, '  ')}", file=sys.stderr)
         return EXIT_USAGE
 
