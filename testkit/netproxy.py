@@ -6,6 +6,7 @@ direction is throttled by one token bucket shared by all connections (the
 "upstream link" of a lab), and the proxy counts what crosses it:
 
 * ``bytes_down``: bytes sent from the target to the clients (upstream bytes);
+* ``bytes_up``: bytes the clients sent to the target;
 * ``requests``: every HTTP request line a client sent (method, path), in order,
   so a test counts blob fetches: ``proxy.blob_fetches()`` -> {digest: count}.
 
@@ -62,6 +63,7 @@ class CountingProxy:
         self.rate = rate_bps
         self.port: Optional[int] = None
         self.bytes_down = 0
+        self.bytes_up = 0
         self.connections = 0
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -83,7 +85,7 @@ class CountingProxy:
 
     def reset(self) -> None:
         with self._lock:
-            self.bytes_down = 0
+            self.bytes_down = self.bytes_up = 0
             self.requests.clear()
             self.connections = 0
 
@@ -98,6 +100,7 @@ class CountingProxy:
                     for m in REQUEST_LINE.finditer(scan):
                         if m.end() > len(tail):  # not already counted in the previous chunk
                             self.requests.append((m.group(1).decode(), m.group(2).decode("latin-1")))
+                    self.bytes_up += len(data)
                 tail = scan[-2100:]
                 writer.write(data)
                 await writer.drain()

@@ -25,7 +25,7 @@ import pytest
 from testkit.loopback_registries import (
     ImageBuilder, RefusingMirror, RegistryProcess, free_port, make_certificate, trust_for_daemon,
 )
-from testkit.throttle_proxy import ThrottledProxy
+from testkit.netproxy import CountingProxy
 
 from .conftest import base_spawner_config
 from .test_spawn import ALICE
@@ -51,7 +51,7 @@ def chain(testbed, tmp_path_factory):
     trusted = []
     try:
         image = ImageBuilder(registry).build(testbed["registry"], testbed["mirror_repo"], "latest", REPOS)
-        proxy = ThrottledProxy(("127.0.0.1", registry.port), rate=RATE).start()
+        proxy = CountingProxy(registry.port, RATE).start()
         refusing = RefusingMirror(cert, key).start()
         alice = testbed["users"][ALICE]
         for port in (proxy.port, refusing.port):

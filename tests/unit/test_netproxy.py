@@ -1,9 +1,9 @@
-"""testkit.throttle_proxy on loopback: bytes pass unchanged, are counted per direction, and stop() ends all."""
+"""testkit.netproxy on loopback: bytes pass unchanged, are counted per direction and per request, and stop() ends it."""
 
 import socket
 import threading
 
-from testkit.throttle_proxy import ThrottledProxy
+from testkit.netproxy import CountingProxy
 
 
 def _server(payload: bytes):
@@ -27,10 +27,10 @@ def _server(payload: bytes):
 def test_bytes_pass_and_are_counted():
     payload = bytes(range(256)) * 4096  # 1 MiB
     port, server = _server(payload)
-    proxy = ThrottledProxy(("127.0.0.1", port), rate=50e6).start()
+    proxy = CountingProxy(port, 50e6).start()
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as c:
-            c.sendall(b"GET\n")
+            c.sendall(b"GET /v2/x/blobs/sha256:" + b"a" * 64 + b" HTTP/1.1\r\n\r\n")
             got = b""
             while len(got) < len(payload):
                 chunk = c.recv(65536)
@@ -43,9 +43,10 @@ def test_bytes_pass_and_are_counted():
             if proxy.bytes_down == len(payload):
                 break
             threading.Event().wait(0.01)
-        assert proxy.bytes_down == len(payload) and proxy.bytes_up == 4 and proxy.connections == 1
+        assert proxy.bytes_down == len(payload) and proxy.bytes_up == 100 and proxy.connections == 1
+        assert proxy.blob_fetches() == {"sha256:" + "a" * 64: 1}
         proxy.reset()
         assert proxy.bytes_down == proxy.bytes_up == 0
     finally:
         proxy.stop()
-    assert not [t for t in proxy._threads if t.is_alive()]
+    assert not proxy._thread.is_alive()
