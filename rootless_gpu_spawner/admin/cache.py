@@ -120,13 +120,8 @@ def start_processes(cfg: CacheConfig, changed: list[str], systemd: bool, run=ser
 
 def hub_lines(cfg: CacheConfig) -> str:
     mirrors = cfg.lab_cache_mirrors()
-    docker = mirrors.get("docker.io")
-    lines = ["# jupyterhub_config.py: the spawner tries the lab cache first (per registry)",
-             f"c.RootlessGPUSpawner.lab_cache_mirrors = {json.dumps(mirrors)}"]
-    if docker:
-        lines += ["# a spawner without lab_cache_mirrors: the Docker Hub cache as the first prefix mirror",
-                  f"# c.RootlessGPUSpawner.mirror_prefixes = [{docker!r}, ...your other mirrors]"]
-    return "\n".join(lines)
+    return "\n".join(["# jupyterhub_config.py: the spawner tries the lab cache first (per registry)",
+                      f"c.RootlessGPUSpawner.lab_cache_mirrors = {json.dumps(mirrors)}"])
 
 
 def cmd_setup(args, users: list[pwd.struct_passwd]) -> int:
