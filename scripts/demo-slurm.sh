@@ -27,7 +27,8 @@ pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 write_config() {
   mkdir -p "$dir/state" "$dir/spool" "$dir/log" "$dir/dev"
-  chmod 755 "$dir" "$dir/log"
+  # The jobs run as the students and execute their scripts from the spool: it must be reachable.
+  chmod 755 "$dir" "$dir/log" "$dir/spool"
   local i=0 node
   for n in 0 1 2 3; do [ -e "$dir/dev/gpu$n" ] || mknod "$dir/dev/gpu$n" c 1 3; done
   {

@@ -75,7 +75,6 @@ def sbatch_args(request: JobRequest) -> list[str]:
         f"--cpus-per-task={request.cpus}",
         f"--chdir={request.workdir}",
         f"--output={request.output}",
-        "--open-mode=append",
         # Nothing of the hub's (root's) environment goes to the job: Slurm sets the student's own.
         "--export=NONE",
         # The runner gets SIGTERM first, KillWait seconds before SIGKILL (scancel, time limit).
