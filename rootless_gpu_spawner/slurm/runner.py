@@ -48,7 +48,7 @@ class NodeError(RuntimeError):
 def job_gpus(environ=os.environ) -> list[str]:
     """The job's GPUs as node-local indices (``SLURM_JOB_GPUS``; empty: none)."""
     raw = environ.get("SLURM_JOB_GPUS", "").strip()
-    return [g for g in raw.split(",") if g.strip().isdigit()] if raw else []
+    return [g.strip() for g in raw.split(",") if g.strip().isdigit()] if raw else []
 
 
 def report(spec: dict, body: dict) -> None:
