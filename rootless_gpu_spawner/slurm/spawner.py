@@ -46,6 +46,8 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
     job_node = Unicode("")
     node_addr = Unicode("")
     _report: asyncio.Future | None = None
+    _phases: dict = {}
+    _t0 = 0.0
 
     @default("slurm_partitions")
     def _default_partitions(self):
@@ -209,7 +211,7 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
         self._report = asyncio.get_running_loop().create_future()
         self.job_node = self.node_addr = ""
         self.host_port = 0
-        t0 = time.monotonic()
+        t0 = self._t0 = time.monotonic()
         out = await self._slurm("sbatch", *jobs.sbatch_args(request),
                                 stdin=jobs.batch_script(list(self.slurm_runner), spec))
         try:
@@ -218,12 +220,17 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
             raise SpawnRefused(502, str(e)) from None
         self.log.info("submitted Slurm job %s for %s (%s)", self.job_id, account.name, request)
         feed.emit(5, f"submitted Slurm job {self.job_id} ({job['gpus']} GPU, partition {job['partition']})")
+        self._phases = {"submitted": time.monotonic() - t0}
         port = await self._wait_for_report(job, account)
-        self.timings = {"submit": t0}
+        self._phases["container_started"] = time.monotonic() - t0
         self.host_port = port
         feed.emit(90, f"container started on {self.job_node}, waiting for JupyterLab to answer")
         base_url = getattr(getattr(self, "server", None), "base_url", None) or "/"
         await wait_until_answering(f"http://{self.node_addr}:{port}{base_url}api", self.http_timeout)
+        self._phases["ready"] = time.monotonic() - t0
+        # One line per start, read by bench/slurm_bench.py (seconds since sbatch was called).
+        self.log.info("slurm phases for %s: job %s %s", self._log_name, self.job_id,
+                      " ".join(f"{k}={v:.3f}" for k, v in self._phases.items()))
         return self.node_addr, port
 
     async def _wait_for_report(self, job, account) -> int:
@@ -247,6 +254,7 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
                     shown = text
             elif status.running and not running_seen:
                 running_seen = True
+                self._phases["running"] = time.monotonic() - self._t0
                 await self._learn_node(status.node)
                 feed.emit(20, f"Slurm job {self.job_id} is RUNNING on {self.job_node}; "
                               "starting the container there")
