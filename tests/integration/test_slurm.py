@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from .conftest import base_spawner_config, containers_of
 from .test_spawn import BOB, container_env, spawn_message
@@ -125,6 +126,23 @@ def test_form_values_are_validated_and_nothing_is_submitted(slurm_hub, slurm):
         assert expected in message, (options, message)
         hub.wait_gone(s1, timeout=30)
     assert sh(slurm, "squeue", "-h", "-o", "%i").strip() == ""
+
+
+def test_the_report_route_takes_only_the_servers_own_token(slurm_hub):
+    hub = slurm_hub
+    s1 = STUDENTS[0]
+    url = hub.api + "/rootless-gpu-slurm/report"
+    # The hub's service token, and a token of s1 that is not her server's: refused, nothing learnt.
+    r = requests.post(url, json={"port": 40000}, headers={"Authorization": f"token {hub.token}"}, timeout=30)
+    assert r.status_code == 403, r.text
+    r = hub.request("POST", f"/users/{s1}/tokens", json={"note": "not the server's"})
+    assert r.status_code in (200, 201), r.text
+    token = r.json()["token"]
+    for body in ({"port": 40000}, {"port": 40000, "server_name": "other"}, ["x"]):
+        r = requests.post(url, json=body, headers={"Authorization": f"token {token}"}, timeout=30)
+        assert r.status_code in (400, 403), (body, r.status_code, r.text)
+    r = requests.post(url, json={"port": 40000}, timeout=30)
+    assert r.status_code == 403, r.text
 
 
 def test_two_jobs_on_two_nodes_a_third_waits_then_runs(slurm_hub, slurm, daemons):
