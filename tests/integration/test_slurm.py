@@ -163,11 +163,20 @@ def test_two_jobs_on_two_nodes_a_third_waits_then_runs(slurm_hub, slurm, daemons
                      json={"type": "file", "format": "text", "content": "written through Slurm"})
     assert r.status_code in (200, 201), r.text
 
-    # The third waits in Slurm's queue, with Slurm's reason on the progress page.
+    # The third waits in Slurm's queue, with Slurm's reason on the progress page; a job that
+    # ends while the hub waits (scancel from outside) fails the start with Slurm's word for it.
     r = hub.spawn(s3, {"gpus": 2})
     assert r.status_code in (201, 202), r.text
-    seen = progress_until(hub, s3, lambda m: "PENDING (reason: Resources" in m, timeout=60)
-    assert any("PENDING (reason: Resources" in m and "position 1 of 1" in m for m in seen), seen
+    pending = lambda m: "PENDING (reason: Resources" in m  # noqa: E731
+    seen = progress_until(hub, s3, pending, timeout=60)
+    assert any(pending(m) and "position 1 of 1" in m for m in seen), seen
+    sh(slurm, "scancel", job_of(slurm, s3)[0])
+    seen = progress_until(hub, s3, lambda m: False, timeout=30)
+    assert "ended" in seen[-1] and "before the server was ready" in seen[-1], seen
+    hub.wait_gone(s3, timeout=30)
+    r = hub.spawn(s3, {"gpus": 2})
+    assert r.status_code in (201, 202), r.text
+    assert any(pending(m) for m in progress_until(hub, s3, pending, timeout=60))
     assert containers_of(daemons[BOB], s3) == []
     hub.stop_server(s1)
     assert containers_of(daemons[BOB], s1) == []  # stop waited for the node side to remove it
