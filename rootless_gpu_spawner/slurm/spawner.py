@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from traitlets import Unicode, default
+from traitlets import List, Unicode, default
 
 from ..errors import SpawnRefused
 from ..host.workspace import WorkspaceError, ensure_workspace
@@ -45,6 +45,7 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
     job_id = Unicode("")
     job_node = Unicode("")
     node_addr = Unicode("")
+    job_gpus = List(Unicode())
     _report: asyncio.Future | None = None
     _phases: dict = {}
     _t0 = 0.0
@@ -61,12 +62,14 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
         self.job_node = state.get("slurm_node", "")
         self.node_addr = state.get("slurm_node_addr", "")
         self.host_port = int(state.get("slurm_port") or 0)
+        self.job_gpus = [str(g) for g in state.get("slurm_gpus") or []]
 
     def get_state(self):
         state = super().get_state()
         if self.job_id:
             state.update(slurm_job_id=self.job_id, slurm_node=self.job_node,
-                         slurm_node_addr=self.node_addr, slurm_port=self.host_port)
+                         slurm_node_addr=self.node_addr, slurm_port=self.host_port,
+                         slurm_gpus=list(self.job_gpus))
             if self.account:
                 state["account"] = self.account.name
         return state
@@ -74,6 +77,7 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
     def clear_state(self):
         super().clear_state()
         self.job_id = self.job_node = self.node_addr = ""
+        self.job_gpus = []
 
     # ---- options -----------------------------------------------------------------------
 
@@ -256,7 +260,8 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
                 running_seen = True
                 self._phases["running"] = time.monotonic() - self._t0
                 await self._learn_node(status.node)
-                feed.emit(20, f"Slurm job {self.job_id} is RUNNING on {self.job_node}; "
+                gpus = f" with GPU {','.join(self.job_gpus)}" if self.job_gpus else ""
+                feed.emit(20, f"Slurm job {self.job_id} is RUNNING on {self.job_node}{gpus}; "
                               "starting the container there")
             try:
                 await asyncio.wait_for(asyncio.shield(self._report), self.slurm_status_interval)
@@ -281,6 +286,9 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
         except jobs.SlurmAnswerError as e:
             raise SpawnRefused(502, str(e)) from None
         self.job_node = node
+        # The job's node-local GPU indices, Slurm's word (for the progress page and the state).
+        detail = await self._slurm("scontrol", "show", "job", "-d", "-o", self.job_id, check=False)
+        self.job_gpus = jobs.parse_job_gpus(detail)
 
     def node_reported(self, body: dict):
         """Called by :class:`.report.ReportHandler` with this server's own token (hostile input)."""
