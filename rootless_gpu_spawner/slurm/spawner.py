@@ -277,6 +277,13 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
             await self._learn_node(status.node if status else "")
         return report["port"]
 
+    def gpu_holder(self) -> dict | None:
+        """This server's GPUs for the hub's GPU-holders API (and so the GPU board): ``NODE:INDEX``
+        ids, Slurm's word; None while it holds none."""
+        if not (self.job_id and self.job_node and self.job_gpus and self.host_port):
+            return None
+        return {"gpus": [f"{self.job_node}:{g}" for g in self.job_gpus], "node": self.job_node}
+
     async def _learn_node(self, node: str):
         if not node:
             raise SpawnRefused(502, f"Slurm names no single node for job {self.job_id}")

@@ -66,8 +66,12 @@ def job_gpus(env, job_id) -> set:
 def slurm_hub(testbed, hub_factory, slurm):
     config = base_spawner_config(testbed) + f"""
     c.JupyterHub.spawner_class = "rootless-gpu-slurm"
+    from rootless_gpu_spawner import holders
     from rootless_gpu_spawner.slurm.report import REPORT_HANDLER
-    c.JupyterHub.extra_handlers = [REPORT_HANDLER]
+    c.JupyterHub.extra_handlers = [REPORT_HANDLER] + holders.extra_handlers()
+    c.JupyterHub.custom_scopes = holders.custom_scopes()
+    c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
+        {{"name": "gpu-holders-reader", "services": ["testbed"], "scopes": [holders.SCOPE]}}]
     c.RootlessGPUSlurmSpawner.slurm_conf = {slurm['SLURM_CONF']!r}
     c.RootlessGPUSlurmSpawner.slurm_publish_ip = "127.0.0.1"  # hub and nodes are one host here
     c.RootlessGPUSlurmSpawner.slurm_node_gpu_stub_dir = {testbed['gpu_stub_dir']!r}
@@ -159,6 +163,12 @@ def test_two_jobs_on_two_nodes_a_third_waits_then_runs(slurm_hub, slurm, daemons
     for n in (s1, s2):
         visible = set(container_env(daemons[BOB], n)["NVIDIA_VISIBLE_DEVICES"].split(","))
         assert visible == job_gpus(slurm, jobs[n][0]) and len(visible) == 2, (n, visible)
+    # The hub's GPU-holders API (the GPU board's source) lists the jobs' GPUs as NODE:INDEX.
+    r = hub.request("GET", "/rgs/gpu-holders")
+    assert r.status_code == 200, r.text
+    held = {h["user"]: h["gpus"] for h in r.json()["holders"]}
+    for n in (s1, s2):
+        assert held[n] == [f"{jobs[n][2]}:{g}" for g in sorted(job_gpus(slurm, jobs[n][0]))], held
     r = hub.user_put(s1, "/api/contents/slurm-note.txt",
                      json={"type": "file", "format": "text", "content": "written through Slurm"})
     assert r.status_code in (200, 201), r.text
