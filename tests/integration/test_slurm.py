@@ -26,6 +26,7 @@ from .test_spawn import BOB, container_env, spawn_message
 
 REPO = Path(__file__).resolve().parents[2]
 STUDENTS = ["slurm-s1", "slurm-s2", "slurm-s3"]
+TIMED = "slurm-t"  # a server with a 2-minute limit, started first, checked last (runs alongside)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def slurm_hub(testbed, hub_factory, slurm):
     c.RootlessGPUSpawner.allow_shared_accounts = True  # the slurm-* students all use bob's account
     c.Spawner.poll_interval = 3
     """
-    return hub_factory(config, STUDENTS)
+    return hub_factory(config, STUDENTS + [TIMED])
 
 
 def progress_until(hub, name, predicate, timeout=60):
@@ -152,11 +153,15 @@ def test_the_report_route_takes_only_the_servers_own_token(slurm_hub):
 def test_two_jobs_on_two_nodes_a_third_waits_then_runs(slurm_hub, slurm, daemons):
     hub = slurm_hub
     s1, s2, s3 = STUDENTS
+    # No GPU, 2 minutes: Slurm ends it while the rest runs (see the last test).
+    r = hub.spawn(TIMED, {"gpus": 0, "time": 2})
+    assert r.status_code in (201, 202), r.text
     with ThreadPoolExecutor(2) as pool:
         responses = list(pool.map(lambda n: hub.spawn(n, {"gpus": 2, "time": 30}), [s1, s2]))
     assert all(r.status_code in (201, 202) for r in responses), [r.text for r in responses]
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(hub.wait_ready, [s1, s2]))
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(hub.wait_ready, [s1, s2, TIMED]))
+    assert "NVIDIA_VISIBLE_DEVICES" not in container_env(daemons[BOB], TIMED)
     jobs = {n: job_of(slurm, n) for n in (s1, s2)}
     assert {j[1] for j in jobs.values()} == {"RUNNING"}, jobs
     assert {j[2] for j in jobs.values()} == {"gpu1", "gpu2"}, jobs  # Slurm put them on different nodes
@@ -222,3 +227,16 @@ def test_scancel_from_outside_ends_the_server_and_removes_the_container(slurm_hu
     assert note.read_text() == "written through Slurm"
     log = Path(f"/home/{BOB}/.rootless-gpu-spawner/slurm-{job_id}.log").read_text()
     assert "container removed" in log, log[-2000:]
+
+
+def test_a_job_over_its_time_limit_ends_cleanly(slurm_hub, slurm, daemons):
+    """Slurm's time limit: SIGTERM (--signal=B:TERM@30, or at the limit), the container removed, gone."""
+    hub = slurm_hub
+    found = job_of(slurm, TIMED)
+    if found is not None:
+        hub.wait_gone(TIMED, timeout=150)  # bounded: 2 min limit + Slurm's timer resolution
+    assert not hub.server(TIMED)
+    assert wait_no_containers(daemons[BOB], TIMED)
+    logs = sorted(Path(f"/home/{BOB}/.rootless-gpu-spawner").glob("slurm-*.log"), key=lambda p: p.stat().st_mtime)
+    timed = [p.read_text() for p in logs if "GPUs none" in p.read_text()]
+    assert timed and "container removed" in timed[-1] and "done (143)" in timed[-1], timed[-1:]
