@@ -125,7 +125,12 @@ stop_pidfile() {
 down() {
   [ -d "$dir" ] || return 0
   if [ -f "$dir/slurm.conf" ] && pid_alive "$dir/slurmctld.pid"; then
-    timeout 10 scancel --full -u '*' 2>/dev/null || timeout 10 squeue -h -o %i 2>/dev/null | xargs -r timeout 10 scancel 2>/dev/null || true
+    # Cancel what still runs and let the jobs end (their node side removes its container).
+    timeout 10 squeue -h -o %i 2>/dev/null | xargs -r timeout 10 scancel 2>/dev/null || true
+    for _ in $(seq 60); do   # bounded: 30 s
+      [ -z "$(timeout 5 squeue -h -o %i 2>/dev/null)" ] && break
+      sleep 0.5
+    done
   fi
   for node in "${NODES[@]}"; do stop_pidfile "$dir/slurmd-$node.pid"; done
   stop_pidfile "$dir/slurmctld.pid"

@@ -64,7 +64,7 @@ def job_gpus(env, job_id) -> set:
 
 
 @pytest.fixture(scope="module")
-def slurm_hub(testbed, hub_factory, slurm):
+def slurm_hub(testbed, slurm, hub_factory):  # slurm first: stopped after the hubs stop their servers
     config = base_spawner_config(testbed) + f"""
     c.JupyterHub.spawner_class = "rootless-gpu-slurm"
     from rootless_gpu_spawner import holders
