@@ -18,7 +18,6 @@ from traitlets import List, Unicode, default
 from ..errors import SpawnRefused
 from ..host.workspace import WorkspaceError, ensure_workspace
 from ..hub.container import rewrite_hub_urls
-from ..hub.progress import ProgressFeed
 from ..hub.readiness import wait_until_answering
 from ..hub.user_options import validate_user_options
 from ..safetext import printable
@@ -173,12 +172,7 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    async def start(self):
-        self._progress = ProgressFeed(self.log, self._log_name)
-        try:
-            return await self._start()
-        finally:
-            self._progress.close()
+    # start() is the local spawner's (a progress feed around _start).
 
     async def _start(self):
         options = self.validated_user_options()
