@@ -15,7 +15,7 @@ SPEC_VERSION = 1
 
 def node_spec(spawner, ref, workspace: str, account) -> dict:
     """The spec for one server (``spawner`` is a RootlessGPUSlurmSpawner about to submit)."""
-    from ..spawner import LABEL_PREFIX, _gpus_label  # noqa: F401  (labels as the local spawner's)
+    from ..spawner import LABEL_PREFIX  # the local spawner's labels
 
     env = spawner.get_env()
     return {

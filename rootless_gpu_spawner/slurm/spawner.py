@@ -17,7 +17,6 @@ from traitlets import List, Unicode, default
 
 from ..errors import SpawnRefused
 from ..host.workspace import WorkspaceError, ensure_workspace
-from ..hub.container import rewrite_hub_urls
 from ..hub.readiness import wait_until_answering
 from ..hub.user_options import validate_user_options
 from ..safetext import printable

@@ -1,6 +1,5 @@
 """Slurm servers on the GPU board: the job's GPUs as NODE:INDEX, the same privacy rule."""
 
-import asyncio
 import time
 
 from rootless_gpu_spawner.board.view import Policy, Viewer, board_model
