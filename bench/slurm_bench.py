@@ -85,6 +85,7 @@ def run(repeats: int) -> dict:
 
     testbed = json.loads(TESTBED_JSON.read_text())
     workdir = Path(tempfile.mkdtemp(prefix="rgs-bench-slurm-"))
+    workdir.chmod(0o711)  # the jobs (run as the student) execute their scripts from the Slurm spool below
     script = str(REPO / "scripts" / "demo-slurm.sh")
     subprocess.run(["bash", script, "up", str(workdir / "slurm")], check=True, capture_output=True, timeout=120)
     hubs = {}
