@@ -97,12 +97,12 @@ up() {
   start_munge
   if ! pid_alive "$dir/slurmctld.pid"; then
     log "starting slurmctld on port $CTLD_PORT"
-    /usr/sbin/slurmctld -i
+    /usr/sbin/slurmctld -i -f "$SLURM_CONF"   # -f: `down` finds it by this path even without its pid file
   fi
   for node in "${NODES[@]}"; do
     if ! pid_alive "$dir/slurmd-$node.pid"; then
       log "starting slurmd -N $node"
-      /usr/sbin/slurmd -N "$node"
+      /usr/sbin/slurmd -N "$node" -f "$SLURM_CONF"
     fi
   done
   wait_nodes_idle
@@ -134,6 +134,14 @@ down() {
   fi
   for node in "${NODES[@]}"; do stop_pidfile "$dir/slurmd-$node.pid"; done
   stop_pidfile "$dir/slurmctld.pid"
+  # Any slurmd/slurmctld still started with this cluster's config (a pid file lost): exactly these.
+  local p args
+  for p in /proc/[0-9]*; do
+    args=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+    case "$args" in
+      "/usr/sbin/slurmd "*"-f $SLURM_CONF "*|"/usr/sbin/slurmctld "*"-f $SLURM_CONF "*) kill -TERM "${p#/proc/}" 2>/dev/null || true ;;
+    esac
+  done
   if [ -f "$dir/munged.started" ]; then
     stop_pidfile /run/munge/munged.pid
     rm -f "$dir/munged.started"
