@@ -58,8 +58,20 @@ class GPUHoldersHandler(APIHandler):
         self.write(json.dumps({
             "inventory": list(allocator.inventory or []) if allocator else [],
             "policy_exclusive": allocator is not None,
-            "holders": holders_model(snapshot, self._started),
+            "holders": holders_model(snapshot, self._started) + self._job_holders(),
         }))
+
+    def _job_holders(self) -> list[dict]:
+        """Servers whose GPUs another ledger holds (RootlessGPUSlurmSpawner: Slurm's), by duck typing."""
+        rows = []
+        for user in list(self.users.values()):
+            for server, spawner in list(getattr(user, "spawners", {}).items()):
+                holder = getattr(spawner, "gpu_holder", None)
+                row = holder() if callable(holder) else None
+                if row:
+                    rows.append({"user": user.name, "server": server, **row,
+                                 "started": self._started(user.name, server)})
+        return sorted(rows, key=lambda r: (r["user"], r["server"]))
 
     def _started(self, user: str, server: str):
         orm_user = self.find_user(user)

@@ -35,6 +35,7 @@ packages=(
   debootstrap                                               # builds the test image offline
   nodejs npm                                                # configurable-http-proxy
   chromium fonts-noto-cjk                                   # browser tests (the UI is bilingual)
+  slurm-wlm munge                                           # the Slurm spawner's demo and tests (scripts/demo-slurm.sh)
   python3 python3-venv python3-pip
   iproute2 procps ca-certificates curl openssl             # openssl: TLS for the mirror tests
 )

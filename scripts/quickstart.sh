@@ -5,6 +5,11 @@
 # spawner in the foreground on http://127.0.0.1:8000.
 #
 #   bash scripts/quickstart.sh        (as root; prefix sudo if you are not root)
+#   bash scripts/quickstart.sh --slurm
+#
+# With --slurm the hub uses RootlessGPUSlurmSpawner instead: scripts/demo-slurm.sh brings up a
+# two-node Slurm on this host (munged, slurmctld, slurmd -N gpu1/gpu2, 2 SIMULATED GPUs each),
+# each server is a Slurm job run as its student, and the teardown stops that cluster too.
 #
 # Log in as rgs-demo or rgs-demo2, password rgs-demo (DEMO_PASSWORD). The spawn form offers two
 # images and 4 GPUs under the exclusive policy; the GPUs are SIMULATED (a stub NVIDIA hook on the
@@ -18,6 +23,12 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
+slurm=0
+case "${1:-}" in
+  --slurm) slurm=1 ;;
+  "") ;;
+  *) echo "usage: bash scripts/quickstart.sh [--slurm]" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" != 0 ]; then
   echo "quickstart.sh must run as root (it installs packages, creates the demo accounts and starts their daemons): run it as root, or prefix sudo" >&2
@@ -58,6 +69,11 @@ cleanup() {
   proxy=$(cat "$STATE/hub/proxy.pid" 2>/dev/null || true)
   if [ -n "$proxy" ] && grep -qa configurable-http-proxy "/proc/$proxy/cmdline" 2>/dev/null; then
     kill -KILL "$proxy" 2>/dev/null
+  fi
+  if [ "$slurm" = 1 ]; then
+    log "stopping the demo Slurm (slurmd x2, slurmctld, munged)"
+    bash "$repo/scripts/demo-slurm.sh" down "$STATE/slurm" >>"$STATE/teardown.log" 2>&1 \
+      || log "could not stop the demo Slurm (see $STATE/teardown.log)"
   fi
   for u in "${users[@]}"; do
     id "$u" >/dev/null 2>&1 || continue
@@ -148,6 +164,26 @@ c.JupyterHub.template_vars = {
     "announcement": "Demo: the 4 GPUs are simulated (no CUDA). / 演示：这 4 块 GPU 是模拟的（没有 CUDA）。",
 }
 CFG
+if [ "$slurm" = 1 ]; then
+  slurm_conf=$(bash scripts/demo-slurm.sh up "$STATE/slurm")
+  cat >> "$STATE/hub/jupyterhub_config.py" <<CFG
+# --slurm: each server is a Slurm job (partition gpu, 2 nodes x 2 SIMULATED GPUs on this host).
+from rootless_gpu_spawner.slurm.report import REPORT_HANDLER
+c.JupyterHub.spawner_class = "rootless-gpu-slurm"
+c.JupyterHub.extra_handlers = [REPORT_HANDLER]
+c.RootlessGPUSlurmSpawner.slurm_conf = "$slurm_conf"
+c.RootlessGPUSlurmSpawner.slurm_publish_ip = "127.0.0.1"   # hub and both nodes are this host
+c.RootlessGPUSlurmSpawner.slurm_node_gpu_stub_dir = "$GPU_STUB_DIR"
+c.RootlessGPUSlurmSpawner.slurm_gpus = 1
+c.RootlessGPUSlurmSpawner.slurm_max_gpus = 2
+c.RootlessGPUSlurmSpawner.slurm_time_limit = 120
+c.RootlessGPUSlurmSpawner.slurm_max_time_limit = 480
+c.Spawner.start_timeout = 600   # a job may wait in Slurm's queue
+c.JupyterHub.template_vars = {
+    "announcement": "Demo: servers run as Slurm jobs on 2 nodes with 2 simulated GPUs each (no CUDA). / 演示：服务器作为 Slurm 作业运行在 2 个节点上，每个节点 2 块模拟 GPU（没有 CUDA）。",
+}
+CFG
+fi
 
 log "JupyterHub on http://127.0.0.1:$DEMO_PORT  (users: ${users[*]}, password $DEMO_PASSWORD; GPUs simulated); Ctrl-C to stop"
 cd "$STATE/hub"

@@ -196,6 +196,7 @@ STANDARD_TOOLS = {
     "groupadd", "id", "journalctl", "jupyterhub", "kill", "loginctl", "ls", "mkdir", "mkhomedir_helper",
     "modprobe", "mv", "nvidia-ctk", "nvidia-smi", "pip", "python", "python3", "rm", "scp", "sh", "ssh",
     "sudo", "sysctl", "systemctl", "useradd", "usermod",
+    "munge", "sbatch", "scancel", "scontrol", "sinfo", "squeue",  # Slurm (docs/*/slurm.md)
 }
 
 
@@ -206,6 +207,15 @@ def project_scripts() -> set[str]:
         import tomli as tomllib
     data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     return set(data["project"].get("scripts", {}))
+
+
+def spawner_entry_points() -> set[str]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return set(data["project"].get("entry-points", {}).get("jupyterhub.spawners", {}))
 
 
 def shell_commands(text: str, quick_start_only: bool = False):
@@ -304,7 +314,9 @@ def test_repository_paths_named_in_docs_exist(path):
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, f"{rel(path)} names files that do not exist: {missing}"
     for console_script in set(re.findall(r"(?<![\w/.-])rootless-gpu-[a-z]+(?![\w/-])", text)):
-        assert console_script in project_scripts(), f"{rel(path)}: {console_script} is not a console script"
+        assert console_script in project_scripts() | spawner_entry_points(), (
+            f"{rel(path)}: {console_script} is not a console script nor a spawner entry point"
+        )
 
 
 # ---------------------------------------------------------------------------

@@ -24,13 +24,16 @@ ALLOWED = {
     "host": {"core"},
     "admin": {"core", "host"},
     "board": {"core", "face"},  # the GPU board, a service of its own
+    # The Slurm spawner (a face of its own, entry point rootless-gpu-slurm) and its node side
+    # rootless-gpu-run: they compose the local spawner's hub and host code, never admin.
+    "slurm": {"core", "face", "hub", "host"},
 }
 
 
 def part_of(module: str) -> str:
     """``hub.daemon`` -> hub; ``errors`` -> core; ``spawner`` -> face."""
     head = module.split(".")[0]
-    if head in ("hub", "host", "admin", "board"):
+    if head in ("hub", "host", "admin", "board", "slurm"):
         return head
     return "face" if head in FACE else "core"
 
