@@ -15,7 +15,8 @@ from jupyterhub import __version__ as HUB_VERSION
 
 from ..errors import SpawnRefused
 from ..safetext import printable, printable_lines
-from . import derived, mirrors, probe
+from . import container_logs, derived, mirrors, probe
+from .daemon import DaemonError
 from .launch import ImageProblem, LaunchPlan, image_facts, is_docker_stacks, plan_launch
 
 EXIT_LOG_LINES = 25
@@ -39,7 +40,7 @@ class ImageLaunch:
             facts_probe = probe.cached(self.docker_host, facts.id)
             if facts_probe is None:
                 self._progress.emit(None, f"looking at image {name}: Python and JupyterHub")
-                facts_probe = await probe.probe_image(self.docker, facts.id, name, self._probe_labels())
+                facts_probe = await probe.probe_image(self.docker, self.container_logs, facts.id, name, self._probe_labels())
                 probe.remember(self.docker_host, facts.id, facts_probe)
             self._launch = plan = plan_launch(
                 facts, facts_probe, name=name, hub_version=HUB_VERSION,
@@ -104,6 +105,10 @@ class ImageLaunch:
         except (APIError, SpawnRefused) as e:  # in use, or the daemon is busy: next time
             self.log.info("stale derived images of %s kept: %s", self._account_name, printable(e, 200))
 
+    async def container_logs(self, ident: str, tail: int) -> bytes:
+        """The container's last ``tail`` lines, raw bytes, bounded (:mod:`.container_logs`)."""
+        return await self._connection.run(container_logs.read_logs, ident, tail, max_bytes=4 * container_logs.MAX_LOG_BYTES)
+
     def launch_command(self, image_command: list) -> list:
         plan = self._launch
         if plan is not None and plan.command is not None:
@@ -119,9 +124,8 @@ class ImageLaunch:
         if obj is not None and obj.running:
             return
         try:
-            raw = await self.docker("logs", self.object_id or self.object_name, stdout=True, stderr=True,
-                                    tail=EXIT_LOG_LINES) if obj is not None else b""
-        except (APIError, SpawnRefused):
+            raw = await self.container_logs(obj.id, EXIT_LOG_LINES) if obj is not None else b""
+        except (APIError, SpawnRefused, DaemonError):
             raw = b""
         code = "is gone" if obj is None else f"exited with code {obj.exit_code}"
         if obj is not None and self.remove:

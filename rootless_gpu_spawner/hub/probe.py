@@ -17,7 +17,6 @@ from ..safetext import printable, printable_lines
 from .launch import PROBE_MARK, NoPython, ProbeFacts, probe_facts
 
 PROBE_SECONDS = 20
-PROBE_LOG_BYTES = 64 * 1024
 _CACHE_SIZE = 512
 _cache: "OrderedDict[tuple, ProbeFacts]" = OrderedDict()
 
@@ -57,8 +56,9 @@ def remember(docker_host: str, image_id: str, facts: ProbeFacts) -> None:
         _cache.popitem(last=False)
 
 
-async def probe_image(docker, image_id: str, name: str, labels: dict) -> ProbeFacts:
-    """Run the probe container of *image_id* (``docker`` is the spawner's bounded call)."""
+async def probe_image(docker, logs, image_id: str, name: str, labels: dict) -> ProbeFacts:
+    """Run the probe container of *image_id* (``docker`` is the spawner's bounded call,
+    ``logs(ident, tail)`` reads a container's last lines, bounded)."""
     created = await docker(
         "create_container", image=image_id, entrypoint=["/bin/sh", "-c"], command=[PROBE_SCRIPT],
         user="0:0", network_disabled=True, labels=labels, environment={"PYTHONDONTWRITEBYTECODE": "1"},
@@ -76,7 +76,7 @@ async def probe_image(docker, image_id: str, name: str, labels: dict) -> ProbeFa
                 "JupyterLab. Use an image with Python 3.9 or newer."
             ) from None
         await docker("wait", ident, timeout=PROBE_SECONDS)
-        raw = await docker("logs", ident, stdout=True, stderr=True, tail=50)
+        raw = await logs(ident, 50)
     finally:
         try:
             await docker("remove_container", ident, force=True)
