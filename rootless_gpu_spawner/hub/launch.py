@@ -108,6 +108,7 @@ class ProbeFacts:
     prefix: str = ""
     jupyterhub: str = ""  # the version its ``import jupyterhub`` gives, "" when none
     singleuser: str = ""  # the path of jupyterhub-singleuser on the image's PATH, "" when none
+    answered: bool = False  # the probe printed its line (False: it said nothing the hub can read)
 
 
 PROBE_MARK = "RGS-PROBE "
@@ -124,6 +125,8 @@ def probe_facts(output: str) -> ProbeFacts:
         return ProbeFacts()
     if not isinstance(data, dict):
         return ProbeFacts()
+    if not data:
+        return ProbeFacts(answered=True)  # the probe's "no Python found"
     version = data.get("version")
     if not (isinstance(version, list) and len(version) == 3 and all(isinstance(v, int) for v in version)):
         version = []
@@ -133,6 +136,7 @@ def probe_facts(output: str) -> ProbeFacts:
         prefix=_short(data.get("prefix")),
         jupyterhub=_short(data.get("jupyterhub"), 40),
         singleuser=_short(data.get("singleuser")),
+        answered=True,
     )
 
 
@@ -228,6 +232,10 @@ def plan_launch(facts: ImageFacts, probe: ProbeFacts, *, name: str, hub_version:
     check_architecture(facts, name)
     stacks = is_docker_stacks(facts)
     env = dict(stacks_env) if stacks else {}
+    if not probe.answered:
+        # The probe said nothing readable (its output lost, an odd shell): start the image as
+        # before; the start watch reports its last lines if it cannot serve.
+        return LaunchPlan(command=None if serves(facts) else [SINGLEUSER], env=env, docker_stacks=stacks)
     has_server = bool(probe.singleuser) and bool(probe.jupyterhub)
     if has_server:
         check_jupyterhub(probe, hub_version, name)

@@ -12,8 +12,9 @@ from rootless_gpu_spawner.hub.launch import (
 ID = "sha256:" + "a" * 64
 STACKS_ENV = {"NB_USER": "root", "NB_UID": "0", "NB_GID": "0", "CHOWN_HOME": "no"}
 WITH_HUB = ProbeFacts(python="/opt/conda/bin/python3", version=(3, 11, 2), jupyterhub="6.1.1",
-                      singleuser="/opt/conda/bin/jupyterhub-singleuser")
-NO_HUB = ProbeFacts(python="/usr/bin/python3", version=(3, 11, 2))
+                      singleuser="/opt/conda/bin/jupyterhub-singleuser", answered=True)
+NO_HUB = ProbeFacts(python="/usr/bin/python3", version=(3, 11, 2), answered=True)
+NOTHING = ProbeFacts(answered=True)
 
 
 def inspect(cmd=None, entrypoint=None, env=(), arch="amd64", user=""):
@@ -66,29 +67,31 @@ def test_no_jupyter_and_install_turned_off_is_refused_naming_the_setting():
 
 def test_no_python_is_refused_with_what_to_do():
     with pytest.raises(NoPython, match="has no Python.*3.9 or newer"):
-        plan(inspect(["bash"]), ProbeFacts())
+        plan(inspect(["bash"]), NOTHING)
 
 
 def test_python_below_the_floor_is_refused():
     with pytest.raises(PythonTooOld, match="Python 3.8.10 .*3.9 or newer"):
-        plan(inspect(["bash"]), ProbeFacts(python="/usr/bin/python3", version=(3, 8, 10)))
+        plan(inspect(["bash"]), ProbeFacts(python="/usr/bin/python3", version=(3, 8, 10), answered=True))
 
 
 @pytest.mark.parametrize("theirs", ["1.5.0", "5.2.1", "7.0.0", "garbage"])
 def test_a_jupyterhub_of_another_major_version_is_named(theirs):
-    probe = ProbeFacts(python="/p", version=(3, 11, 0), jupyterhub=theirs, singleuser="/p/jupyterhub-singleuser")
+    probe = ProbeFacts(python="/p", version=(3, 11, 0), jupyterhub=theirs, singleuser="/p/jupyterhub-singleuser",
+                       answered=True)
     with pytest.raises(IncompatibleJupyterHub, match="cannot talk to.*jupyterhub==6.1.1"):
         plan(inspect(["jupyterhub-singleuser"]), probe)
 
 
 def test_same_major_other_minor_is_accepted():
-    probe = ProbeFacts(python="/p", version=(3, 11, 0), jupyterhub="6.0.0", singleuser="/p/jupyterhub-singleuser")
+    probe = ProbeFacts(python="/p", version=(3, 11, 0), jupyterhub="6.0.0", singleuser="/p/jupyterhub-singleuser",
+                       answered=True)
     assert plan(inspect(["jupyterhub-singleuser"]), probe).command is None
 
 
 def test_wrong_architecture_is_refused_before_anything_else():
     with pytest.raises(WrongArchitecture, match="built for arm64.*linux/amd64"):
-        plan(inspect(["bash"], arch="arm64"), ProbeFacts())
+        plan(inspect(["bash"], arch="arm64"), NOTHING)
     assert plan(inspect(["bash"], arch="x86_64"), WITH_HUB).command  # an alias of amd64
 
 
@@ -98,6 +101,7 @@ def test_probe_output_is_checked_and_the_last_mark_wins():
     facts = probe_facts(out)
     assert facts.python == "/usr/bin/python3" and facts.version == (3, 12, 1) and not facts.jupyterhub
     assert probe_facts("RGS-PROBE {not json") == ProbeFacts()
+    assert probe_facts("RGS-PROBE {}") == NOTHING and probe_facts("fake server\n").answered is False
     assert probe_facts('RGS-PROBE {"python": "' + "x" * 5000 + '"}').python == ""
     assert probe_facts('RGS-PROBE {"version": [3, "x", 1]}').version == ()
 
@@ -107,3 +111,9 @@ def test_inspect_data_of_the_wrong_shape_is_unusable():
         image_facts({"Id": "nope"})
     with pytest.raises(UnusableAnswer):
         image_facts({"Id": ID, "Config": {"Env": "x" * 70000}})
+
+
+def test_a_probe_that_said_nothing_readable_starts_the_image_as_before():
+    p = plan(inspect(["jupyterhub-singleuser"]), ProbeFacts())
+    assert p.command is None and not p.derive
+    assert plan(inspect(["/bin/bash"]), ProbeFacts()).command == ["jupyterhub-singleuser"]
