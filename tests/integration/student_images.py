@@ -154,9 +154,11 @@ def ensure_committed(client, base: str) -> str:
     return target
 
 
-def remove_derived(client) -> None:
+def remove_derived(client, base_id: str | None = None) -> None:
+    """Remove the derived images (of ``base_id`` only, when given)."""
     for image in client.images.list(filters={"label": "org.rootless-gpu-spawner.derived"}):
-        client.images.remove(image.id, force=True)
+        if base_id is None or image.labels.get("org.rootless-gpu-spawner.derived.from") == base_id:
+            client.images.remove(image.id, force=True)
 
 
 # ---- the lab's wheel index, served on loopback ---------------------------------------------

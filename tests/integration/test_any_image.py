@@ -30,8 +30,10 @@ PROBE = "import sys, json; print(json.dumps({'prefix': sys.prefix, 'base': sys.b
 def images(testbed, daemons):
     client = daemons[ALICE]
     built = student_images.ensure_images(client, testbed["local_image"])
-    if os.environ.get("RGS_KEEP_DERIVED") != "1":
-        student_images.remove_derived(client)  # the cold build is part of this run
+    # Every session builds one derived image cold (the conda-style one: pip into the image's own
+    # environment); the python-only one (the venv path) is built when missing and reused across
+    # sessions, which keeps this module within its time budget on a warm machine.
+    student_images.remove_derived(client, client.images.get(built["conda-style"]).id)
     return built
 
 
@@ -114,8 +116,8 @@ def test_conda_style_image_gets_jupyter_in_its_own_environment(any_hub, testbed,
     assert out2["prefix"] == "/opt/conda"
     assert _log_count(any_hub, BUILDING) == built and _log_count(any_hub, REUSING) == reused + 1
     derived = daemons[ALICE].images.list(filters={"label": "org.rootless-gpu-spawner.derived"})
-    assert [i.labels["org.rootless-gpu-spawner.derived.from"] for i in derived] == [
-        daemons[ALICE].images.get(images["conda-style"]).id]
+    bases = [i.labels["org.rootless-gpu-spawner.derived.from"] for i in derived]
+    assert bases.count(daemons[ALICE].images.get(images["conda-style"]).id) == 1, bases
 
 
 def test_python_only_image_gets_a_venv_over_its_own_python(any_hub, testbed, images):
