@@ -83,6 +83,9 @@ def run(repeats: int) -> dict:
         bh.start()
         try:
             timed_spawn(bh, images["preinstalled"])  # untimed: its probe, and the page cache
+            code = [r.get("file", "") for r in bh.read_trace() if r.get("k") == "code"]
+            if not code or not all(f.startswith(str(REPO_ROOT)) for f in code):
+                raise RuntimeError(f"the hub did not run this checkout's spawner ({code}); install it into the venv first")
             seconds, events = timed_spawn(bh, images["plain"])
             results["cold"].append(seconds)
             log(f"cold (probe + derived build): {seconds:.2f}s")
