@@ -42,7 +42,7 @@ c.RootlessGPUSpawner.docker_host_template = "unix:///run/user/{uid}/docker.sock"
 # c.RootlessGPUSpawner.start_daemon_if_down = True
 
 # The image students get, and the ones they may choose from.
-# Choose an image whose jupyterhub version matches the hub's.
+# Any image with Python 3.9+ works (docs/en/images.md).
 # (The default here is not DockerSpawner's: it is set on purpose.)
 c.RootlessGPUSpawner.image = "quay.io/jupyter/pytorch-notebook:cuda12-latest"
 # Labels shown in the spawn form -> images. A student's choice (form or
@@ -53,11 +53,10 @@ c.RootlessGPUSpawner.allowed_images = {
 }
 # ifnotpresent: an image already on the student's daemon costs no network.
 c.RootlessGPUSpawner.pull_policy = "ifnotpresent"
-# Jupyter Docker Stacks images (quay.io/jupyter/...) started as root switch to
-# their user "jovyan", which a rootless daemon maps to a subordinate uid that
-# cannot use the student's workspace. Keeping the server as root (= the student)
-# is done with their NB_* variables (docs/en/admin-guide.md, "Images"):
-# c.RootlessGPUSpawner.environment = {"NB_USER": "root", "NB_UID": "0", "NB_GID": "0"}
+# Jupyter Docker Stacks images (quay.io/jupyter/...) get their NB_* variables that
+# keep the server as root (= the student) automatically; images without Jupyter
+# get it installed on the first start (docs/en/images.md). Default:
+# c.RootlessGPUSpawner.docker_stacks_env = {"NB_USER": "root", "NB_UID": "0", "NB_GID": "0", "CHOWN_HOME": "no"}
 
 # Images are pulled through mirrors of their registry (docker.io, quay.io,
 # nvcr.io, ghcr.io, ...), in order, and tagged with the name the student asked

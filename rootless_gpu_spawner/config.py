@@ -435,3 +435,73 @@ class SpawnerConfig(HasTraits):
     def mirror_chains(self) -> dict:
         """registry -> mirror specs in force (``mirror_prefixes`` as the docker.io entry when set)."""
         return effective_chains(self.registry_mirrors, self.mirror_prefixes)
+
+
+    # ---- images students bring (hub/launch.py, hub/derived.py) ---------------------
+
+    docker_stacks_env = Dict(
+        {"NB_USER": "root", "NB_UID": "0", "NB_GID": "0", "CHOWN_HOME": "no"},
+        config=True,
+        help="""
+        Environment for images with the Jupyter Docker Stacks layout (their
+        ``start.sh``; e.g. ``quay.io/jupyter/*-notebook``). Upstream's "rootless
+        triplet" keeps the server as container root, which a rootless daemon maps
+        to the student, so files in the workspace stay the student's (their
+        default user jovyan is a subordinate uid on the host)::
+
+            c.RootlessGPUSpawner.docker_stacks_env = {"NB_USER": "root", "NB_UID": "0", "NB_GID": "0"}
+        """,
+    )
+
+    install_jupyter_if_missing = Bool(
+        True,
+        config=True,
+        help="""
+        For an image with Python (3.9 or newer) but no JupyterHub single-user
+        server: build, on the student's own daemon and once per (image, hub
+        version), a thin derived image that pip-installs ``jupyterhub==<the hub's
+        version>`` and ``lab_pip_packages`` into the image's own Python
+        environment. Off: such images are refused with a clear message::
+
+            c.RootlessGPUSpawner.install_jupyter_if_missing = True
+        """,
+    )
+
+    lab_pypi_index = Unicode(
+        "https://pypi.org/simple",
+        config=True,
+        help="""
+        The PyPI index (simple API) derived images install from, as reached from
+        inside a student's container build (the host's loopback is
+        ``host_gateway_ip``). Usual mirrors in China: TUNA
+        ``https://pypi.tuna.tsinghua.edu.cn/simple``, USTC
+        ``https://mirrors.ustc.edu.cn/pypi/simple``, Aliyun
+        ``https://mirrors.aliyun.com/pypi/simple/``, Tencent
+        ``https://mirrors.cloud.tencent.com/pypi/simple``, or the lab's own
+        (plain http is trusted for it)::
+
+            c.RootlessGPUSpawner.lab_pypi_index = "https://pypi.tuna.tsinghua.edu.cn/simple"
+        """,
+    )
+
+    lab_pip_packages = List(
+        Unicode(),
+        ["jupyterlab"],
+        config=True,
+        help="""
+        What a derived image installs besides ``jupyterhub==<the hub's version>``::
+
+            c.RootlessGPUSpawner.lab_pip_packages = ["jupyterlab", "ipywidgets"]
+        """,
+    )
+
+    derived_build_timeout = Float(
+        900.0,
+        config=True,
+        help="""
+        Seconds building one derived image may take, all of it; then the spawn
+        fails with what pip printed last::
+
+            c.RootlessGPUSpawner.derived_build_timeout = 900
+        """,
+    )

@@ -25,6 +25,7 @@ from .hub.container import (
 from .hub.daemon import BadAnswer, DaemonError, DaemonNotRunning, LyingAnswer
 from .hub.gpu_holding import GPUHolding
 from .hub.gpus import device_requests, gpu_driver_error_message, is_gpu_driver_error
+from .hub.image_launch import ImageLaunch
 from .hub.progress import ProgressFeed, pull_message
 from .hub.pulls import ImageError, PullAttempt, attempt_message, ensure_image, pulled_message
 from .hub.readiness import wait_until_answering
@@ -36,7 +37,7 @@ PORT_ATTEMPTS = 5  # container create+start tries when the host port is taken me
 _account_users: dict[str, set] = {}
 
 
-class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, SpawnerConfig):
+class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, ImageLaunch, DockerSpawner, SpawnerConfig):
     """Start each user's server in a container on that user's own rootless Docker daemon."""
 
     @classmethod
@@ -271,6 +272,9 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, Sp
         if pulled.pulled_from:
             self.log.info("image %s for %s pulled from %s", ref.familiar, account.name, pulled.pulled_from)
             feed.emit(70, pulled_message(ref.familiar, pulled))
+        # How this image starts (Docker Stacks, no Jupyter, a shell CMD): outside the start slot,
+        # since a first start may build the derived image.
+        self._launch_image = await self.plan_image(pulled.image, ref.familiar)
 
         async with start_slot(self.max_concurrent_starts, self._progress):
             return await self._run_container(pulled, workspace, gpus, account)
@@ -302,11 +306,12 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, Sp
     async def _create_and_start(self, pulled, workspace, gpus, account):
         for attempt in range(1, PORT_ATTEMPTS + 1):
             self.host_port = pick_host_port(self.host_ip)
-            self.object_id = await self._create(pulled.image, workspace, gpus, account, self.host_port)
+            image = getattr(self, "_launch_image", None) or pulled.image
+            self.object_id = await self._create(image, workspace, gpus, account, self.host_port)
             self.log.info(
                 "created container %s (%s) for %s on %s from %s, port %s:%s",
                 self.object_name, self.object_id[:12], account.name, self.docker_host,
-                pulled.image, self.host_ip, self.host_port,
+                image, self.host_ip, self.host_port,
             )
             try:
                 await self._start_or_explain(gpus, account)
@@ -329,6 +334,8 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, Sp
         obj = await self.get_object()
         if obj is None:
             raise SpawnRefused(502, f"the container of {self._account_name} disappeared right after it started")
+        if not obj.running:
+            await self.watch_container()  # exited at once: its own words, not a port mismatch
         if obj.published != (expected,):
             reported = ", ".join(f"{printable(ip, 40)}:{printable(port, 8)}" for ip, port in obj.published) or "nothing"
             await self._remove_quietly()
@@ -352,7 +359,7 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, Sp
 
     async def _wait_until_listening(self, ip, port):
         base_url = getattr(getattr(self, "server", None), "base_url", None) or "/"
-        await wait_until_answering(f"http://{ip}:{port}{base_url}api", self.http_timeout)
+        await wait_until_answering(f"http://{ip}:{port}{base_url}api", self.http_timeout, watch=self.watch_container)
 
     async def _skip_mirror(self, prefix):
         """Why a mirror is left out now (cooling down after a failure, or unreachable), or None."""
@@ -411,8 +418,8 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, DockerSpawner, Sp
         return obj
 
     async def _create(self, image: str, workspace: str, gpus, account: Account, host_port=None):
-        command = self.cmd or answers.image_command(await self.docker("inspect_image", image))
-        env = rewrite_hub_urls(self.get_env(), self.host_gateway_ip)
+        command = self.cmd or self.launch_command(answers.image_command(await self.docker("inspect_image", image)))
+        env = rewrite_hub_urls({**self.get_env(), **self.launch_env()}, self.host_gateway_ip)
         create_kwargs, host_kwargs = build_container_request(
             name=self.object_name,
             image=image,

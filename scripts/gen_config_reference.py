@@ -71,6 +71,7 @@ GROUP_TITLES = {
     "GPUs": ("GPU allocation", "GPU 分配"),
     "images": ("Images, mirrors and admission", "镜像、镜像加速与启动排队"),
     "registry mirrors": ("Mirrors for every registry, the lab cache", "各镜像仓库的加速镜像与实验室缓存"),
+    "images students bring (hub/launch.py, hub/derived.py)": ("Images students bring", "学生带来的镜像"),
 }
 
 #: Defaults computed by a ``@default`` method, described instead of evaluated.
@@ -179,6 +180,11 @@ ZH_SUMMARY = {
     "mirror_cooldown": "失败过的前缀镜像在多少秒内不再尝试。",
     "max_concurrent_starts": "本机同时处于启动阶段（从启动容器到服务器应答）的服务器数量上限，其余排队。"
     "默认等于 CPU 核数；0 表示不限。",
+    "docker_stacks_env": "Jupyter Docker Stacks 布局的镜像（start.sh）使用的环境变量：默认是上游的 rootless 三元组，服务器保持容器 root（即学生本人），工作区文件归学生。",
+    "install_jupyter_if_missing": "镜像有 Python（3.9 及以上）但没有 JupyterHub 时，在学生自己的 daemon 上构建一层派生镜像，把 JupyterHub/JupyterLab 装进镜像自己的 Python 环境（每个镜像和 hub 版本只构建一次）。",
+    "lab_pypi_index": "派生镜像安装用的 PyPI 索引（从容器构建内部访问）；国内常用清华 TUNA、中科大 USTC、阿里云、腾讯云镜像，或实验室自己的索引。",
+    "lab_pip_packages": "派生镜像除 jupyterhub==<hub 版本> 之外安装的包。",
+    "derived_build_timeout": "构建一个派生镜像最多用的秒数，超时后启动失败并显示 pip 最后的输出。",
 }
 
 #: Inherited traits that matter on this spawner: (name, en note, zh note).

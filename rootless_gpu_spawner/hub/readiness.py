@@ -12,15 +12,25 @@ import time
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 
-async def wait_until_answering(url: str, timeout: float, poll: float = 0.05) -> bool:
+WATCH_INTERVAL = 0.5  # seconds between looks at the container while it starts
+
+
+async def wait_until_answering(url: str, timeout: float, poll: float = 0.05, watch=None) -> bool:
     """Return as soon as *url* answers HTTP at all (any status); False after *timeout* seconds.
 
     The hub then finds the server up at its first check instead of after an
     exponential back-off step.  On timeout the hub's own wait reports the usual error.
+    ``watch`` (a coroutine function) is awaited every ``WATCH_INTERVAL`` seconds and raises
+    when the server cannot come up any more (its container exited): the spawn fails then,
+    not at the timeout.
     """
     client = AsyncHTTPClient()
     deadline = time.monotonic() + timeout
+    next_watch = time.monotonic() + WATCH_INTERVAL
     while time.monotonic() < deadline:
+        if watch is not None and time.monotonic() >= next_watch:
+            await watch()
+            next_watch = time.monotonic() + WATCH_INTERVAL
         try:
             await client.fetch(url, connect_timeout=1, request_timeout=2, follow_redirects=False)
             return True

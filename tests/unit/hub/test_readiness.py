@@ -33,3 +33,21 @@ async def test_nothing_listening_ends_after_the_timeout():
     start = time.monotonic()
     assert await wait_until_answering(f"http://127.0.0.1:{port}/api", 0.3) is False
     assert time.monotonic() - start < 5
+
+
+async def test_a_watch_that_raises_ends_the_wait_at_once():
+    port = free_port()
+    calls = []
+
+    async def exited():
+        calls.append(1)
+        raise RuntimeError("the container exited")
+
+    start = time.monotonic()
+    try:
+        await wait_until_answering(f"http://127.0.0.1:{port}/api", 60, watch=exited)
+    except RuntimeError as e:
+        assert str(e) == "the container exited"
+    else:
+        raise AssertionError("the watch's error did not end the wait")
+    assert calls == [1] and time.monotonic() - start < 30
