@@ -9,8 +9,9 @@ The node side adds only what only the node knows: its daemon, the job's GPUs, a 
 from __future__ import annotations
 
 from ..hub.container import rewrite_hub_urls
+from .nodelaunch import launch_settings
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 
 def node_spec(spawner, ref, workspace: str, account) -> dict:
@@ -27,7 +28,8 @@ def node_spec(spawner, ref, workspace: str, account) -> dict:
         "hub_api_url": env.get("JUPYTERHUB_API_URL", ""),
         "image": ref.canonical,
         "pull_policy": spawner.pull_policy,
-        "mirror_prefixes": list(spawner.mirror_prefixes),
+        "mirrors": spawner.mirror_chains(),
+        "lab_caches": dict(spawner.lab_cache_mirrors),
         "mirror_fallback_to_upstream": bool(spawner.mirror_fallback_to_upstream),
         "image_pull_timeout": float(spawner.image_pull_timeout),
         "container_name": spawner.object_name,
@@ -51,4 +53,5 @@ def node_spec(spawner, ref, workspace: str, account) -> dict:
         "docker_api_timeout": float(spawner.docker_api_timeout),
         "gpu_device_mode": spawner.gpu_device_mode,
         "gpu_stub_dir": spawner.slurm_node_gpu_stub_dir,
+        **launch_settings(spawner),
     }

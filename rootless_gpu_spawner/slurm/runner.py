@@ -29,6 +29,8 @@ from ..hub.container import build_container_request, pick_host_port
 from ..hub.gpus import device_requests
 from ..hub.images import parse_image_reference
 from ..hub.pulls import ensure_image
+from ..errors import SpawnRefused
+from .nodelaunch import NodeLaunch
 from ..safetext import printable
 
 MAX_SPEC = 1 << 20
@@ -90,10 +92,10 @@ def ensure_daemon(spec: dict, pw) -> str:
     return docker_host
 
 
-async def start_container(spec: dict, conn, gpus: list[str]) -> tuple[str, int]:
+async def start_container(spec: dict, conn, docker_host: str, gpus: list[str]) -> tuple[str, int]:
     ref = parse_image_reference(spec["image"])
     pulled = await ensure_image(
-        conn, ref, policy=spec["pull_policy"], mirror_prefixes=spec["mirror_prefixes"],
+        conn, ref, policy=spec["pull_policy"], mirrors=spec["mirrors"], lab_caches=spec["lab_caches"],
         fallback_to_upstream=spec["mirror_fallback_to_upstream"], account=spec["account"],
         pull_timeout=spec["image_pull_timeout"],
     )
@@ -105,11 +107,17 @@ async def start_container(spec: dict, conn, gpus: list[str]) -> tuple[str, int]:
         say(f"removed leftover container {name}")
     except Exception:
         pass
-    command = spec["cmd"] or answers.image_command(await conn.call("inspect_image", pulled.image))
+    # How this image starts, as the local spawner decides it (Docker Stacks, a shell CMD, no Jupyter).
+    launch = NodeLaunch(spec, conn, docker_host, say)
+    try:
+        image = await launch.plan_image(pulled.image, ref.familiar)
+    except SpawnRefused as e:
+        raise NodeError(str(e)) from None
+    command = spec["cmd"] or launch.launch_command(answers.image_command(await conn.call("inspect_image", image)))
     mode = spec["gpu_device_mode"] if spec["gpu_device_mode"] != "auto" else "nvidia"
     host_port = pick_host_port(spec["publish_ip"])
     create, host = build_container_request(
-        name=name, image=pulled.image, command=list(command) + spec["args"], env=spec["env"],
+        name=name, image=image, command=list(command) + spec["args"], env={**spec["env"], **launch.launch_env()},
         port=spec["port"], host_ip=spec["publish_ip"], workspace_source=spec["workspace"],
         workspace_mount=spec["workspace_mount"], run_as_root=spec["run_as_root"],
         device_requests=device_requests(gpus, mode),
@@ -173,7 +181,7 @@ async def run(spec: dict) -> int:
         docker_host = await asyncio.to_thread(ensure_daemon, spec, pw)
         target = daemons.socket_target(docker_host, pw.pw_uid, pw.pw_name)
         conn = await daemons.DaemonPool().connect(target, docker_host, spec["docker_api_timeout"], "node")
-        container, port = await start_container(spec, conn, gpus)
+        container, port = await start_container(spec, conn, docker_host, gpus)
         say(f"container {container[:12]} started, port {spec['publish_ip']}:{port} "
             f"({time.monotonic() - t0:.2f} s after the job started)")
         await asyncio.to_thread(report, spec, {"port": port})
