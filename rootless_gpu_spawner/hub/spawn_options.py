@@ -99,13 +99,24 @@ class SpawnOptions:
             if borrowed and not self.active:
                 self._disconnect()
                 self.docker_host = docker_host
-        exclude = set()
+        return own_images_from_answer(answer, policy, self.admin_image_names()), ""
+
+    def admin_image_names(self) -> set:
+        """The admin's ``allowed_images`` as ``docker images`` names them (not listed again as own).
+
+        Not ``image``: DockerSpawner sets it to the student's last choice.
+        """
+        names = set()
         for image in self._image_choices().values():
             try:
-                exclude.add(parse_image_reference(image).familiar)
-            except InvalidImageReference:
+                names.add(parse_image_reference(image).familiar)
+            except (InvalidImageReference, TypeError):
                 continue
-        return own_images_from_answer(answer, policy, exclude), ""
+        return names
+
+    def hub_env_keys(self) -> list:
+        """The variables the hub sets in a server's container (emptied in a saved environment)."""
+        return list(self.get_env())
 
     def _image_choices(self) -> dict:
         allowed = self._get_allowed_images()
