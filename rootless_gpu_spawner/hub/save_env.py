@@ -155,7 +155,7 @@ async def save_environment(spawner, name: str, overwrite: bool = False) -> Saved
                                    "or save again with 'overwrite' to replace it (the old one stays as <none>)")
         container = await spawner.docker("inspect_container", obj.id)
         image = await _image_of(spawner, container)
-        conf = commit_config(container, image, spawner.hub_env_keys())
+        conf = commit_config(container, image, spawner.hub_env_keys() if image is None else ())
         answer = await spawner._connection.run(
             _commit, obj.id, repository, tag, conf, seconds=spawner.environment_save_timeout
         )

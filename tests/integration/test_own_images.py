@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from .conftest import ARTIFACTS, base_spawner_config, containers_of
+from .test_fair_use import launch
 from .test_spawn import ALICE, BOB
 
 PREFIX = "rgs12b-"
@@ -149,14 +150,6 @@ def test_save_environment_via_api_then_start_from_it(env_hub, testbed, daemons):
     env = container.attrs["Config"]["Env"]
     assert [e for e in env if e.startswith("JUPYTERHUB_API_TOKEN=")] != ["JUPYTERHUB_API_TOKEN="]
     hub.stop_server(ALICE)
-
-
-def launch(p):
-    return p.chromium.launch(
-        executable_path="/usr/bin/chromium", headless=True,
-        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    )
 
 
 def test_browser_form_lists_own_images_and_the_page_saves(env_hub, testbed, daemons):
