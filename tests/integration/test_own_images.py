@@ -171,6 +171,7 @@ def test_browser_form_lists_own_images_and_the_page_saves(env_hub, testbed, daem
             lab = page.locator("#rgs-image option:not(.rgs-own-image)").all_inner_texts()
             assert testbed["local_image"] in lab, lab
             page.select_option("#rgs-image", ALICE_OWN)
+            page.select_option("#rgs-gpus", "0")  # Alice's daemon has no GPU driver
             page.screenshot(path=str(ARTIFACTS / "own-images-form.png"), full_page=True)
             page.click("input[type=submit], button[type=submit]")
             page.wait_for_selector("#jp-main-dock-panel", timeout=180_000)
