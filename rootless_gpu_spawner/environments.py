@@ -114,7 +114,7 @@ class EnvironmentsPage(_Environments, BaseHandler):
     async def _render(self, user, error: str = "", saved=None, name: str = ""):
         model = await self.overview(user)
         html = await self.render_template(
-            "environments.html", env=model, error=error, saved=saved, name=name[:255],
+            "environments.html", env=model, error=error, saved=saved, entered=name[:255],
         )
         self.finish(html)
 
