@@ -51,6 +51,19 @@ c.RootlessGPUSpawner.allowed_images = {
     "PyTorch (CUDA 12)": "quay.io/jupyter/pytorch-notebook:cuda12-latest",
     "SciPy (CPU)": "quay.io/jupyter/scipy-notebook:latest",
 }
+# Students may also start any image already on their own rootless daemon
+# (their own `docker commit`s, images they built or pulled themselves): listed
+# in the form as "Your own images", never pulled, same mounts and GPU limits.
+# Narrow it with glob patterns, or turn it off (docs/en/admin-guide.md, "Images"):
+# c.RootlessGPUSpawner.own_image_patterns = ["env/*"]
+# c.RootlessGPUSpawner.allow_own_images = False
+# "Save environment": /hub/environments (and a button on the home page) saves
+# a student's running server as an image on their own daemon (docker commit);
+# the page and its API are added to extra_handlers below, the home page button
+# comes with these templates (keep them first if you add template paths).
+from rootless_gpu_spawner import environments  # noqa: E402
+
+c.JupyterHub.template_paths = environments.template_paths()
 # ifnotpresent: an image already on the student's daemon costs no network.
 c.RootlessGPUSpawner.pull_policy = "ifnotpresent"
 # Jupyter Docker Stacks images (quay.io/jupyter/...) get their NB_* variables that
@@ -88,7 +101,7 @@ from rootless_gpu_spawner import culling, holders  # noqa: E402
 
 # A hub-side API that says who holds which GPU, behind one custom scope (the
 # REST API shows spawner state only with admin:server_state, which is far more).
-c.JupyterHub.extra_handlers = holders.extra_handlers()
+c.JupyterHub.extra_handlers = holders.extra_handlers() + environments.extra_handlers()
 c.JupyterHub.custom_scopes = holders.custom_scopes()
 # The GPU board (a service on 127.0.0.1:10101, at /services/gpu-board/) and
 # jupyterhub-idle-culler: a server holding GPUs is stopped when its GPUs stay

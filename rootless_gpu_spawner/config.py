@@ -505,3 +505,67 @@ class SpawnerConfig(HasTraits):
             c.RootlessGPUSpawner.derived_build_timeout = 900
         """,
     )
+
+    # ---- own images, saved environments ----
+    # (issue 12: hub/own_images.py, environments.py)
+
+    allow_own_images = Bool(
+        True,
+        config=True,
+        help="""
+        Let a student start any image that is already on their own rootless
+        daemon (``docker images`` as that student), besides ``allowed_images``:
+        the form lists them (name, size, age) and ``user_options["image"]``
+        takes their ``repository:tag``. On by default: the daemon is the
+        student's own and rootless, so such a container can do nothing the
+        student cannot do with ``docker run`` already; it gets the same
+        workspace mount, GPU policy and limits as an allowed image, and is never
+        pulled. ``own_image_patterns`` narrows it; False turns it off::
+
+            c.RootlessGPUSpawner.allow_own_images = True
+        """,
+    )
+
+    own_image_patterns = List(
+        Unicode(),
+        default_value=["*"],
+        config=True,
+        help="""
+        Glob patterns (``fnmatch``, case-sensitive) an own image's name must
+        match, as ``docker images`` shows it (``myenv:v1``) or fully qualified
+        (``docker.io/library/myenv:v1``). Saved environments must match too.
+        For example, only images the student saved or built under their own
+        prefix::
+
+            c.RootlessGPUSpawner.own_image_patterns = ["env/*", "my-*:*"]
+        """,
+    )
+
+    environment_save_timeout = Float(
+        900.0,
+        config=True,
+        help="""
+        Seconds one "save my environment" (``docker commit`` of the running
+        server's container, on the student's own daemon) may take before it is
+        given up with a clear error; large environments take minutes::
+
+            c.RootlessGPUSpawner.environment_save_timeout = 900
+        """,
+    )
+
+    @validate("own_image_patterns")
+    def _validate_own_image_patterns(self, proposal):
+        patterns = list(proposal.value)
+        for pattern in patterns:
+            if not pattern.strip() or pattern != pattern.strip() or len(pattern) > 255:
+                raise _bad_config(
+                    "own_image_patterns",
+                    f"{pattern!r} is not a usable glob pattern: use names like 'env/*' or '*' (no spaces)",
+                )
+        return patterns
+
+    @validate("environment_save_timeout")
+    def _validate_environment_save_timeout(self, proposal):
+        if not proposal.value > 0:
+            raise _bad_config("environment_save_timeout", f"{proposal.value!r} must be a number of seconds > 0, e.g. 900")
+        return proposal.value

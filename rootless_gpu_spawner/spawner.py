@@ -246,13 +246,29 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, ImageLaunch, Dock
             ) from None
 
     async def _start_container(self, ref, options, gpus, account, workspace):
+        if self._own_image:  # the student's own image: on their daemon or refused, never pulled
+            pulled = await self.own_image_present(ref, account)
         if options.get("image"):
             # Like DockerSpawner: remember the student's choice (JUPYTER_IMAGE_SPEC).
             self.image = ref.familiar
         feed = self._progress
         feed.emit(10, f"checking image {ref.familiar}")
+        if not self._own_image:
+            pulled = await self._ensure_admin_image(ref, account)
+        if pulled.pulled_from:
+            self.log.info("image %s for %s pulled from %s", ref.familiar, account.name, pulled.pulled_from)
+            feed.emit(70, pulled_message(ref.familiar, pulled))
+        # How this image starts (Docker Stacks, no Jupyter, a shell CMD): outside the start slot,
+        # since a first start may build the derived image.
+        self._launch_image = await self.plan_image(pulled.image, ref.familiar)
+
+        async with start_slot(self.max_concurrent_starts, self._progress):
+            return await self._run_container(pulled, workspace, gpus, account)
+
+    async def _ensure_admin_image(self, ref, account):
+        feed = self._progress
         try:
-            pulled = await ensure_image(
+            return await ensure_image(
                 self._connection,
                 ref,
                 policy=self.pull_policy,
@@ -269,15 +285,6 @@ class RootlessGPUSpawner(DaemonLink, SpawnOptions, GPUHolding, ImageLaunch, Dock
             )
         except ImageError as e:
             raise SpawnRefused(500, str(e)) from None
-        if pulled.pulled_from:
-            self.log.info("image %s for %s pulled from %s", ref.familiar, account.name, pulled.pulled_from)
-            feed.emit(70, pulled_message(ref.familiar, pulled))
-        # How this image starts (Docker Stacks, no Jupyter, a shell CMD): outside the start slot,
-        # since a first start may build the derived image.
-        self._launch_image = await self.plan_image(pulled.image, ref.familiar)
-
-        async with start_slot(self.max_concurrent_starts, self._progress):
-            return await self._run_container(pulled, workspace, gpus, account)
 
     async def _run_container(self, pulled, workspace, gpus, account):
         feed = self._progress

@@ -72,6 +72,7 @@ GROUP_TITLES = {
     "images": ("Images, mirrors and admission", "镜像、镜像加速与启动排队"),
     "registry mirrors": ("Mirrors for every registry, the lab cache", "各镜像仓库的加速镜像与实验室缓存"),
     "images students bring (hub/launch.py, hub/derived.py)": ("Images students bring", "学生带来的镜像"),
+    "own images, saved environments": ("Students' own images and saved environments", "学生自己的镜像与保存的环境"),
 }
 
 #: Defaults computed by a ``@default`` method, described instead of evaluated.
@@ -178,6 +179,14 @@ ZH_SUMMARY = {
     "mirror_probe_timeout": "拉取前探测前缀镜像 TCP 连接的超时秒数，连不上就跳过（否则一个失效的镜像每次拉取都要"
     "耗费 daemon 约 30 秒）。",
     "mirror_cooldown": "失败过的前缀镜像在多少秒内不再尝试。",
+    "allow_own_images": "允许学生启动自己 rootless daemon 上已有的任何镜像（该学生 `docker images` 所列），"
+    "`allowed_images` 之外另列在表单中（名称、大小、时间），`user_options[\"image\"]` 接受其 `仓库:标签`。"
+    "默认开启：daemon 属于学生本人且是 rootless，这样的容器能做的事学生用 `docker run` 本来就能做；"
+    "挂载、GPU 策略与上限与允许的镜像相同，且从不拉取。",
+    "own_image_patterns": "自己的镜像名称必须匹配的通配符（`fnmatch`，区分大小写），按 `docker images` 的写法"
+    "（`myenv:v1`）或完整写法（`docker.io/library/myenv:v1`）匹配；保存环境时的名称也须匹配。",
+    "environment_save_timeout": "一次“保存我的环境”（在学生自己的 daemon 上对运行中的服务器容器执行 `docker commit`）"
+    "最多用时（秒），超时给出明确的错误。",
     "max_concurrent_starts": "本机同时处于启动阶段（从启动容器到服务器应答）的服务器数量上限，其余排队。"
     "默认等于 CPU 核数；0 表示不限。",
     "docker_stacks_env": "Jupyter Docker Stacks 布局的镜像（start.sh）使用的环境变量：默认是上游的 rootless 三元组，服务器保持容器 root（即学生本人），工作区文件归学生。",

@@ -18,7 +18,6 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional
 from urllib.parse import urlparse
 
 from ..host.labcache import CacheConfig, CacheError, Upstream

@@ -23,6 +23,8 @@ class FormChoices:
     allow_all: bool = False  # shared policy with gpus="all": offer "all GPUs"
     gpus: list = field(default_factory=list)  # [GPUInfo] known on the host (may be empty)
     free: list = field(default_factory=list)  # ids free now (exclusive)
+    own_images: list = field(default_factory=list)  # [OwnImage] on the student's daemon (checked)
+    own_note: str = ""  # why the student's own images could not be listed (printable)
 
 
 def _gpu_choice(choices: FormChoices) -> bool:
@@ -32,29 +34,49 @@ def _gpu_choice(choices: FormChoices) -> bool:
     )
 
 
+def _image_choice(choices: FormChoices) -> bool:
+    return len(choices.images) + len(choices.own_images) > 1 or bool(choices.own_note)
+
+
 def needs_form(choices: FormChoices) -> bool:
-    return len(choices.images) > 1 or _gpu_choice(choices)
+    return _image_choice(choices) or _gpu_choice(choices)
 
 
 def render_form(choices: FormChoices) -> str:
     parts = []
-    if len(choices.images) > 1:
-        options = "".join(
-            f'<option value="{escape(label)}"{" selected" if image == choices.default_image else ""}>'
-            f"{escape(label)}</option>"
-            for label, image in choices.images.items()
-        )
-        parts.append(
-            '<div class="form-group">'
-            '<label for="rgs-image">Image / 镜像</label>'
-            f'<select class="form-control" name="image" id="rgs-image">{options}</select>'
-            "</div>"
-        )
+    if _image_choice(choices):
+        parts.append(_image_field(choices))
     if _gpu_choice(choices):
         parts.append(_gpu_count_field(choices))
         if choices.gpu_policy == "exclusive" and choices.gpus:
             parts.append(_gpu_pick_field(choices))
     return "\n".join(parts)
+
+
+def _image_field(choices: FormChoices) -> str:
+    """The admin's images, then the student's own (value: their name; label: name, size, age)."""
+    admin = "".join(
+        f'<option value="{escape(label)}"{" selected" if image == choices.default_image else ""}>'
+        f"{escape(label)}</option>"
+        for label, image in choices.images.items()
+    ) or f'<option value="" selected>{escape(choices.default_image)}</option>'
+    options = admin
+    if choices.own_images:
+        own = "".join(
+            f'<option class="rgs-own-image" value="{escape(image.name)}">{escape(image.describe())}</option>'
+            for image in choices.own_images
+        )
+        options = (
+            f'<optgroup label="Lab images / 实验室镜像">{admin}</optgroup>'
+            f'<optgroup id="rgs-own-images" label="Your own images / 你自己的镜像">{own}</optgroup>'
+        )
+    note = f'<p class="help-block" id="rgs-own-note">{escape(choices.own_note)}</p>' if choices.own_note else ""
+    return (
+        '<div class="form-group">'
+        '<label for="rgs-image">Image / 镜像</label>'
+        f'<select class="form-control" name="image" id="rgs-image">{options}</select>'
+        f"{note}</div>"
+    )
 
 
 def _gpu_count_field(choices: FormChoices) -> str:
@@ -111,18 +133,20 @@ def _gpu_pick_field(choices: FormChoices) -> str:
     )
 
 
-def parse_form(formdata: dict, images: dict) -> dict:
+def parse_form(formdata: dict, images: dict, own_allowed: bool = False) -> dict:
     """Turn submitted form fields (lists of strings) into ``user_options``.
 
     Only shape is checked here (one value, a number); limits, ids and the
     allow-list are checked by the same validation the REST API goes through.
+    With ``own_allowed`` another name is one of the student's own images: its
+    name is checked by that validation, its presence on the daemon at start.
     """
     options = {}
     label = _single(formdata, "image")
     if label:
-        if label not in images:
+        if label not in images and not own_allowed:
             raise web.HTTPError(400, f"image {label[:100]!r} is not one of the choices")
-        options["image"] = label  # the allow-list key, as in DockerSpawner's user_options
+        options["image"] = label  # the allow-list key (as in DockerSpawner), or an own image's name
     picked = [v for v in formdata.get("gpu_ids", []) if v]
     if picked:
         options["gpus"] = picked

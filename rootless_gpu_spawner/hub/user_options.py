@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 
 from tornado import web
 
+from ..safetext import printable
+
 from .gpus import InvalidGPURequest, normalize_gpus
+from .own_images import OwnImagePolicy, check_own_image_name
 
 USER_OPTION_KEYS = {"image", "gpus"}
 
@@ -49,8 +52,13 @@ def student_gpu_limit(groups, group_limits: dict, per_user: int):
     return per_user or None
 
 
-def validate_user_options(options, gpu: GPUPolicy, allowed_images) -> dict:
-    """Return the normalised options or raise ``web.HTTPError(400)``."""
+def validate_user_options(options, gpu: GPUPolicy, allowed_images, own: OwnImagePolicy | None = None) -> dict:
+    """Return the normalised options or raise ``web.HTTPError(400)``.
+
+    An image that is not one of the admin's is one of the student's own (``own_image``
+    set in the result) when ``own`` allows its name; whether it is on the daemon is
+    checked at start, on the daemon (:meth:`SpawnOptions.own_image_present`).
+    """
     options = options or {}
     if not isinstance(options, dict):
         raise web.HTTPError(400, "user_options must be a JSON object")
@@ -66,9 +74,18 @@ def validate_user_options(options, gpu: GPUPolicy, allowed_images) -> dict:
         image = options["image"]
         if not isinstance(image, str):
             raise web.HTTPError(400, "option 'image' must be a string")
-        if not (allowed_images == "*" or image in (allowed_images or {})):
-            raise web.HTTPError(400, f"image {image[:100]!r} is not one of the allowed images")
-        result["image"] = image
+        if allowed_images == "*" or image in (allowed_images or {}):
+            result["image"] = image
+        else:
+            try:
+                result["image"] = check_own_image_name(image, own or OwnImagePolicy(enabled=False))
+            except ValueError as e:
+                raise web.HTTPError(
+                    400,
+                    f"image {printable(image, 100)!r} is not one of the allowed images, nor one you may "
+                    f"start from your own Docker: {e}. Choose an image in the spawn form.",
+                ) from None
+            result["own_image"] = True
     if "gpus" in options:
         try:
             requested = normalize_gpus(options["gpus"])

@@ -52,6 +52,12 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
     def _default_partitions(self):
         return [self.slurm_partition]
 
+    @default("allow_own_images")
+    def _default_allow_own_images(self):
+        # A student's images live in each node's daemon (local storage), not on the hub's host:
+        # which ones a job would find depends on the node Slurm picks. Off unless the admin says.
+        return False
+
     # ---- state -----------------------------------------------------------------------
 
     def load_state(self, state):

@@ -126,7 +126,8 @@ def test_browser_login_form_spawn_and_jupyterlab(gpu_hub, testbed, daemons):
             # The form, in both languages: the images, the GPU count, what is free.
             assert page.inner_text("label[for=rgs-image]").strip() == "Image / 镜像"
             assert page.inner_text("label[for=rgs-gpus]").strip() == "GPUs / GPU 数量"
-            images = page.locator("#rgs-image option").all_inner_texts()
+            # The lab's images (the student's own images on their daemon are listed apart).
+            images = page.locator("#rgs-image option:not(.rgs-own-image)").all_inner_texts()
             assert testbed["local_image"] in images and len(images) == 2, images
             counts = page.locator("#rgs-gpus option").all_inner_texts()
             assert "No GPU / 不使用 GPU" in counts and "2 GPUs / 2 块 GPU" in counts, counts

@@ -21,7 +21,6 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 
 import docker
 import pytest

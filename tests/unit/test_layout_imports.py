@@ -13,8 +13,8 @@ import pytest
 
 PKG = pathlib.Path(__file__).resolve().parents[2] / "rootless_gpu_spawner"
 #: What an admin names in jupyterhub_config.py: the spawner and its settings, and the fair-use
-#: helpers (the hub's GPU-holders API, the culler's config).
-FACE = {"__init__", "spawner", "config", "holders", "culling", "idle_culler_config"}
+#: helpers (the hub's GPU-holders API, the culler's config), the saved-environments pages.
+FACE = {"__init__", "spawner", "config", "holders", "culling", "idle_culler_config", "environments"}
 
 #: Which parts a part may import (besides itself).
 ALLOWED = {

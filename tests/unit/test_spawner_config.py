@@ -101,7 +101,8 @@ def test_user_options_ok(options, expected):
         ({"gpus": -1}, "negative"),
         ({"gpus": "lots"}, "not understood"),
         ({"gpus": {"n": 1}}, "gpus must be"),
-        ({"image": "python:3"}, "not one of the allowed images"),
+        ({"image": "Python:3"}, "not one of the allowed images"),
+        ({"image": "python:3\n"}, "not one of the allowed images"),
     ],
 )
 def test_user_options_bad(options, words):
@@ -127,11 +128,46 @@ def test_gpus_ceiling_refuses(ceiling, asked):
     assert info.value.status_code == 400
 
 
-async def test_image_not_in_allow_list_is_400():
-    s = make({"image": "evil/miner"}, allowed_images=["python:3"])
+async def test_image_not_in_allow_list_is_400_without_own_images():
+    s = make({"image": "evil/miner"}, allowed_images=["python:3"], allow_own_images=False)
+    with pytest.raises(web.HTTPError) as info:
+        s.validated_user_options()
+    assert info.value.status_code == 400 and "turned off" in info.value.log_message
     with pytest.raises(web.HTTPError) as info:
         await s._resolve_image("evil/miner")
     assert info.value.status_code == 400
+
+
+async def test_other_image_is_an_own_image_never_the_admins():
+    s = make({"image": "myenv"}, allowed_images=["python:3"])
+    assert s.validated_user_options() == {"image": "myenv:latest", "own_image": True}
+    ref = await s._resolve_image("myenv:latest")
+    assert s._own_image and ref.familiar == "myenv:latest"
+    await s._resolve_image("python:3")
+    assert not s._own_image
+
+
+@pytest.mark.parametrize("patterns, name, ok", [
+    (["env/*"], "env/torch:v1", True),
+    (["env/*"], "torch:v1", False),
+    (["docker.io/library/*"], "torch:v1", True),
+    (["*:saved-*"], "lab:saved-1", True),
+])
+def test_own_image_patterns_narrow(patterns, name, ok):
+    s = make({"image": name}, own_image_patterns=patterns)
+    if ok:
+        assert s.validated_user_options()["own_image"] is True
+    else:
+        with pytest.raises(web.HTTPError) as info:
+            s.validated_user_options()
+        assert info.value.status_code == 400 and "matches env/*" in info.value.log_message
+
+
+@pytest.mark.parametrize("bad", [[""], [" x"], ["a" * 300]])
+def test_own_image_patterns_bad_config(bad):
+    with pytest.raises(Exception) as info:
+        make(own_image_patterns=bad)
+    assert "RootlessGPUSpawner.own_image_patterns" in str(info.value)
 
 
 async def test_allowed_but_malformed_image_is_400():
