@@ -31,21 +31,16 @@ Security rules (this code runs as root against user-controlled files):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
-import functools
-import http.client
-import json
 import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 from .. import boundedjson
 from . import commands
@@ -61,8 +56,14 @@ from .procs import (  # noqa: F401  (re-exported)
 )
 from ..layout import DAEMON_JSON_REL, RUN_USER_DIR, DaemonPaths, daemon_paths  # noqa: F401  (re-exported)
 from ..answers import is_rootless  # noqa: F401  (the one test of "not the rootful daemon", re-exported)
-from ..transport import CallGuard, GuardedSocket, SocketTarget
 from ..safetext import printable, printable_lines
+from .userfiles import (  # noqa: F401  (re-exported: daemonctl.read_user_file etc. as before)
+    _read_small, _replace_keeping_bak, _safe, read_user_file, user_file, write_user_file,
+)
+from .daemonjson import _merged, _parse_daemon_json, merge_daemon_json  # noqa: F401  (re-exported)
+from .daemonapi import (  # noqa: F401  (re-exported)
+    ASK_ERRORS, AnswerTooLarge, DeadlineExceeded, PeerMismatch, _api_object, _open_socket, api_get, ping,
+)
 
 __all__ = [
     "DaemonError",
@@ -108,27 +109,10 @@ DaemonError = errors.HostError
 
 
 # --------------------------------------------------------------------------
-# Files root touches in the runtime dir and the home (all through safefs)
+# Pid files in the runtime dir (through safefs; the home's files: userfiles.py)
 # --------------------------------------------------------------------------
 
 _O_DIR = safefs.O_DIR
-
-
-def _safe(fn):
-    """Report safefs' refusals as DaemonError (same message: path and fix)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except safefs.UnsafePathError as e:
-            raise DaemonError(str(e)) from e
-
-    return wrapper
-
-
-def _read_small(dir_fd: int, name: str, limit: int = 1 << 20, what: str = "") -> Optional[bytes]:
-    return safefs.read_small(dir_fd, name, limit, shown=what)
 
 
 @_safe
@@ -166,70 +150,8 @@ def _read_pid_file(path: str) -> Optional[int]:
     return pid if pid > 1 else None
 
 
-@contextlib.contextmanager
-def user_file(pw: pwd.struct_passwd, rel: str, create: bool) -> Iterator[Optional[tuple[int, str, str]]]:
-    """(dir fd, name, shown path) of ``~user/rel`` reached by safefs' walk; None when
-    a parent is missing and *create* is False.  Links inside the home are
-    resolved by the walk, one leading out of it is refused."""
-    home = os.path.realpath(pw.pw_dir)
-    try:
-        hfd = os.open(home, _O_DIR)
-    except (FileNotFoundError, NotADirectoryError):
-        raise DaemonError(f"home directory {pw.pw_dir} of {pw.pw_name} does not exist; create it (useradd -m).") from None
-    try:
-        owner = (pw.pw_uid, pw.pw_gid) if create else None
-        found = safefs.locate_beneath(hfd, home, rel, create=owner, aliases=(os.path.normpath(pw.pw_dir),))
-    except FileNotFoundError:
-        found = None
-    except safefs.UnsafePathError as e:
-        raise DaemonError(str(e)) from e
-    finally:
-        os.close(hfd)
-    try:
-        yield found
-    finally:
-        if found:
-            os.close(found[0])
-
-
-@_safe
-def read_user_file(pw: pwd.struct_passwd, rel: str, limit: int = 1 << 20) -> Optional[bytes]:
-    """Content of ``~user/rel`` read as root without following symlinks out
-    of the home (None when it or a parent dir does not exist)."""
-    with user_file(pw, rel, create=False) as found:
-        return _read_small(found[0], found[1], limit=limit, what=found[2]) if found else None
-
-
-@_safe
-def write_user_file(pw: pwd.struct_passwd, rel: str, data: bytes, mode: int = 0o644, *, dry_run: bool = False) -> bool:
-    """Make ``~user/rel`` hold *data*, owned by the user; return changed.
-
-    Same rules as merge_daemon_json: parents created 0700 and owned by the
-    user, no symlink followed, atomic rename, the previous content kept as
-    ``rel.bak``, nothing written (no mtime churn) when the content is
-    already right.  With *dry_run* nothing is created or written.
-    """
-    with user_file(pw, rel, create=not dry_run) as found:
-        if found is None:
-            return True  # dry run: the directory would be created
-        dfd, name, shown = found
-        old = _read_small(dfd, name, what=shown)
-        if old == data:
-            return False
-        if not dry_run:
-            _replace_keeping_bak(pw, dfd, name, old, data, mode, shown)
-        return True
-
-
-def _replace_keeping_bak(pw, dfd: int, name: str, old: Optional[bytes], data: bytes, mode: int, shown: str) -> None:
-    owner = (pw.pw_uid, pw.pw_gid)
-    if old is not None:
-        safefs.atomic_write(dfd, name + ".bak", old, mode=mode, owner=owner, shown=shown + ".bak")
-    safefs.atomic_write(dfd, name, data, mode=mode, owner=owner, shown=shown)
-
-
 # --------------------------------------------------------------------------
-# Runtime dir and daemon.json
+# The runtime dir
 # --------------------------------------------------------------------------
 
 
@@ -266,145 +188,6 @@ def ensure_runtime_dir(pw: pwd.struct_passwd) -> str:
     finally:
         os.close(fd)
     return paths.runtime_dir
-
-
-@_safe
-def merge_daemon_json(
-    pw: pwd.struct_passwd,
-    registry_mirrors: Optional[list[str]] = None,
-    insecure_registries: Optional[list[str]] = None,
-    *,
-    dry_run: bool = False,
-) -> bool:
-    """Merge our keys into ``~user/.config/docker/daemon.json``; return changed.
-
-    A rootless dockerd reads this file, not /etc/docker/daemon.json, so the
-    mirror/insecure-registry policy of the site has to be put there.  Keys we
-    do not manage are kept (the student may have set e.g. "features").  For
-    our keys the admin's value wins: a list replaces the old value, an empty
-    list removes the key, None leaves it alone.  Nothing is written when the
-    content would not change (no mtime churn, no .bak rotation).  When it
-    changes, the previous file is kept as ``daemon.json.bak``.  The daemon
-    only reads the file at start, so callers restart it when this returns
-    True.  Runs as root on the user's home: homes on NFS with root_squash
-    need this done as the user instead.  With *dry_run* nothing is created
-    or written; the return value says whether it would be.
-    """
-    with user_file(pw, DAEMON_JSON_REL, create=not dry_run) as found:
-        if found is None:
-            return any(v for v in (registry_mirrors, insecure_registries))  # dry run: ~/.config/docker is missing
-        dfd, name, shown = found
-        old_bytes = _read_small(dfd, name, what=shown)
-        old = _parse_daemon_json(pw, dfd, name, shown, old_bytes) if old_bytes is not None else {}
-        new = _merged(old, registry_mirrors, insecure_registries)
-        if new == old and (old_bytes is not None or not new):
-            return False
-        if not dry_run:
-            _replace_keeping_bak(pw, dfd, name, old_bytes, (json.dumps(new, indent=2) + "\n").encode(), 0o644, shown)
-        return True
-
-
-def _parse_daemon_json(pw: pwd.struct_passwd, dfd: int, name: str, shown: str, raw: bytes) -> dict:
-    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-    if st.st_uid not in (pw.pw_uid, 0):
-        raise DaemonError(
-            f"{shown} is owned by uid {st.st_uid}, neither {pw.pw_name} nor root; refusing to use it. "
-            f"Remove it to continue."
-        )
-    try:
-        old = boundedjson.loads(raw) if raw.strip() else {}
-    except boundedjson.UntrustedJSONError as e:
-        raise DaemonError(
-            f"{shown} is {e}; fix it or move it away (the daemon would not start with it either)."
-        ) from None
-    if not isinstance(old, dict):
-        raise DaemonError(f"{shown} does not hold a JSON object; fix it or move it away.")
-    return old
-
-
-def _merged(old: dict, registry_mirrors: Optional[list[str]], insecure_registries: Optional[list[str]]) -> dict:
-    new = dict(old)
-    for key, value in (("registry-mirrors", registry_mirrors), ("insecure-registries", insecure_registries)):
-        if value is None:
-            continue
-        value = [str(v) for v in value]
-        if value:
-            new[key] = value
-        else:
-            new.pop(key, None)
-    return new
-
-
-# --------------------------------------------------------------------------
-# Talking to the daemon
-# --------------------------------------------------------------------------
-
-
-# The one transport (peer-verified, deadline-bound) and its errors, shared with the hub.
-PeerMismatch = errors.PeerMismatch
-AnswerTooLarge = errors.AnswerTooLarge
-DeadlineExceeded = errors.DeadlineExceeded
-#: What asking a student's daemon can raise, besides our own DaemonError.
-ASK_ERRORS = (OSError, http.client.HTTPException, errors.DaemonError)
-
-
-def _open_socket(socket_path: str, timeout: float, uid: Optional[int], account: Optional[str]) -> socket.socket:
-    if uid is not None:  # the socket must be the student's, and so must its listener
-        return SocketTarget(socket_path, uid, account or f"uid {uid}").open(timeout)
-    sock = GuardedSocket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(socket_path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def api_get(
-    socket_path: str, path: str, timeout: float = 5.0, limit: int = 8 << 20, *,
-    uid: Optional[int] = None, account: Optional[str] = None,
-) -> tuple[int, bytes]:
-    """GET *path* from the Docker API on *socket_path*; (status, body).
-
-    Through :mod:`.transport`: the whole exchange ends by *timeout* seconds
-    (DeadlineExceeded), a body over *limit* bytes raises AnswerTooLarge, and
-    with *uid* the socket must be that uid's and so must the process serving
-    it (UnsafeSocket / PeerMismatch). stdlib http.client on purpose: one
-    short exchange per call, no pool to keep in the admin CLI.
-    """
-    with CallGuard(timeout, None):
-        conn = http.client.HTTPConnection("localhost", timeout=timeout)
-        conn.sock = _open_socket(socket_path, timeout, uid, account)
-        try:
-            conn.request("GET", path, headers={"Host": "docker"})
-            resp = conn.getresponse()
-            body = resp.read(limit + 1)
-        finally:
-            conn.close()
-    if len(body) > limit:
-        raise AnswerTooLarge(f"sent an answer to GET {path} on {socket_path} larger than {limit} bytes")
-    return resp.status, body
-
-
-def _api_object(socket_path: str, path: str, timeout: float, uid: int) -> dict:
-    """GET *path* and parse the answer as a bounded JSON object ({} unless 200)."""
-    code, body = api_get(socket_path, path, timeout=timeout, limit=boundedjson.MAX_BYTES, uid=uid)
-    return boundedjson.loads_object(body) if code == 200 else {}
-
-
-def ping(socket_path: str, timeout: float = 2.0, *, uid: Optional[int] = None) -> bool:
-    """True when something answers ``GET /_ping`` with 200 "OK" on the socket.
-
-    With *uid*, a server of another uid raises PeerMismatch instead of
-    counting as an answer."""
-    try:
-        status, body = api_get(socket_path, "/_ping", timeout=timeout, limit=64, uid=uid)
-    except PeerMismatch:
-        raise
-    except ASK_ERRORS:
-        return False
-    return status == 200 and body.strip() == b"OK"
 
 
 # --------------------------------------------------------------------------
