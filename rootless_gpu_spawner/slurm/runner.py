@@ -161,7 +161,7 @@ async def report_utilisation(spec: dict, gpus: list[str], stop: asyncio.Event) -
 
     source = source_from_env(spec.get("utilisation_file") or "")
     interval = min(max(float(spec.get("utilisation_interval") or 15), MIN_UTILISATION_INTERVAL), 300.0)
-    said = None
+    said = ""  # what the job log last said about the figures (None: they flow)
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), interval)
