@@ -31,7 +31,7 @@ from traitlets.config import Application
 from .. import holders as holders_ext
 from ..utilisation import FILE_ENV, History, UtilisationError, source_from_env
 from .page import render_page
-from .view import Policy, Viewer, board_model, rows_for
+from .view import Policy, Viewer, board_model, job_figures, rows_for
 
 
 class HoldersUnavailable(RuntimeError):
@@ -46,6 +46,9 @@ class BoardState:
         self.history = History(span=span)
         self.readings = {}
         self.error = None
+        self.job_readings = {}  # NODE:INDEX -> Reading, measured on Slurm jobs' nodes
+        self.job_simulated = False
+        self._job_at = {}  # NODE:INDEX -> time of the last report added to the history
 
     async def sample(self):
         try:
@@ -56,6 +59,17 @@ class BoardState:
         self.error = None
         self.readings = readings
         self.history.add(time.time(), readings)
+
+    def add_job_figures(self, holders: list[dict]) -> None:
+        """Slurm jobs' figures (reported by their nodes, listed with the holders) into the history."""
+        found = job_figures(holders)
+        for gpu, (at, reading, _) in found.items():
+            if at > self._job_at.get(gpu, float("-inf")):
+                self._job_at[gpu] = at
+                self.history.add(at, {gpu: reading})
+        self._job_at = {g: self._job_at[g] for g in found}
+        self.job_readings = {g: r for g, (_, r, _) in found.items()}
+        self.job_simulated = any(sim for _, _, sim in found.values())
 
 
 async def fetch_holders(api_url: str, token: str) -> dict:
@@ -116,6 +130,7 @@ class ServersAPI(APIHandler):
         if not (viewer.admin or viewer.kind == "service" or viewer.name == user):
             raise web.HTTPError(403, "you may only ask about your own servers")
         found = await self.holders()
+        self.board.state.add_job_figures(found["holders"])
         rows = rows_for(viewer, [h for h in found["holders"] if h["user"] == user],
                         self.board.state.history, self.board.policy(), time.time())
         self.write_json({"user": user, "servers": {r["server"]: r for r in rows}})
@@ -208,14 +223,27 @@ class GPUBoard(Application):
         return Policy(self.idle_threshold, self.idle_window, self.gpu_lease)
 
     def model_for(self, viewer: Viewer, found: dict) -> dict:
+        self.state.add_job_figures(found.get("holders", []))
         model = board_model(
-            viewer, self.state.readings, found.get("inventory", []), found.get("holders", []),
+            viewer, {**self.state.readings, **self.state.job_readings}, found.get("inventory", []),
+            found.get("holders", []),
             self.state.history, self.policy(), time.time(), self.history_span,
         )
-        model["simulated"] = bool(self.state.source.simulated)
-        model["source"] = self.state.source.description
+        model["simulated"] = bool(self.state.source.simulated) or self.state.job_simulated
+        model["source"] = self.state.source.description + (
+            "; Slurm jobs' nodes (their reports)" if self.state.job_readings else "")
         model["source_error"] = self.state.error
         return model
+
+    async def sample(self):
+        """This host's GPUs, then the figures Slurm jobs' nodes reported (through the hub)."""
+        await self.state.sample()
+        try:
+            found = await fetch_holders(self.api_url, self.api_token)
+        except HoldersUnavailable as e:
+            self.log.warning("%s", e)
+            return
+        self.state.add_job_figures(found.get("holders", []))
 
     def initialize(self, argv=None):
         super().initialize(argv)
@@ -243,8 +271,8 @@ class GPUBoard(Application):
         host, _, port = url.split("://", 1)[1].split("/", 1)[0].rpartition(":")
         self.make_app().listen(int(port), address=host)
         loop = IOLoop.current()
-        loop.add_callback(self.state.sample)
-        PeriodicCallback(self.state.sample, 1000 * self.sample_interval).start()
+        loop.add_callback(self.sample)
+        PeriodicCallback(self.sample, 1000 * self.sample_interval).start()
         self.log.info("GPU board on %s%s, figures from %s", url, self.prefix, self.state.source.description)
         try:
             loop.start()

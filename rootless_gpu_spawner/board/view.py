@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..utilisation import History, Reading, idle_verdict, lease_ends
+from ..utilisation import History, Reading, UtilisationError, idle_verdict, lease_ends, parse_readings
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,26 @@ def server_row(holder: dict, history: History, policy: Policy, now: float) -> di
         "started": holder.get("started"), "idle": verdict.idle, "reason": reason,
         "lease_ends": iso(ends), "cull": verdict.idle or expired,
     }
+
+
+def job_figures(holders: list[dict]) -> dict[str, tuple[float, Reading, bool]]:
+    """Figures measured on Slurm jobs' nodes, as the GPU-holders API lists them per holder:
+    ``{"NODE:INDEX": (when, Reading, simulated)}`` (a malformed holder row is left out)."""
+    out = {}
+    for holder in holders:
+        figures = holder.get("utilisation")
+        if not isinstance(figures, dict) or not figures:
+            continue
+        try:
+            readings = parse_readings(figures, f"utilisation of {holder.get('user')}")
+        except UtilisationError:
+            continue
+        for gpu, reading in readings.items():
+            item = figures[gpu]
+            at = item.get("at")
+            if gpu in holder.get("gpus", ()) and isinstance(at, (int, float)) and not isinstance(at, bool):
+                out[gpu] = (float(at), reading, item.get("simulated") is not False)
+    return out
 
 
 def may_see_user(viewer: Viewer, user: str) -> bool:

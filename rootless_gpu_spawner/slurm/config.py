@@ -158,6 +158,32 @@ class SlurmConfig(HasTraits):
             c.RootlessGPUSlurmSpawner.slurm_node_gpu_stub_dir = ""
         """,
     )
+    # ---- GPU utilisation measured on the job's node (the GPU board, GPU-idle culling) ----
+
+    slurm_utilisation_file = Unicode(
+        "", config=True,
+        help="""SIMULATED figures (the demo and tests): a JSON file on the node, readable by the
+        student, that the node side reads instead of NVML (the format of
+        ``RGS_GPU_UTILISATION_FILE``; indices are the node's). Empty: NVML on the node, or the
+        file the job's own environment names in ``RGS_GPU_UTILISATION_FILE``::
+
+            c.RootlessGPUSlurmSpawner.slurm_utilisation_file = ""
+        """,
+    )
+    slurm_utilisation_interval = Float(
+        15.0, config=True,
+        help="""Seconds between two utilisation reports of a job's node side (2 to 300)::
+
+            c.RootlessGPUSlurmSpawner.slurm_utilisation_interval = 15
+        """,
+    )
+
+    @validate("slurm_utilisation_interval")
+    def _valid_utilisation_interval(self, proposal):
+        if not 2 <= proposal["value"] <= 300:
+            raise _bad("slurm_utilisation_interval", "must be from 2 to 300 seconds, e.g. 15")
+        return proposal["value"]
+
     slurm_stop_timeout = Float(
         45.0, config=True,
         help="""Seconds ``stop`` waits, after ``scancel``, for the job (and its container) to be gone::

@@ -53,5 +53,7 @@ def node_spec(spawner, ref, workspace: str, account) -> dict:
         "docker_api_timeout": float(spawner.docker_api_timeout),
         "gpu_device_mode": spawner.gpu_device_mode,
         "gpu_stub_dir": spawner.slurm_node_gpu_stub_dir,
+        "utilisation_file": spawner.slurm_utilisation_file,
+        "utilisation_interval": float(spawner.slurm_utilisation_interval),
         **launch_settings(spawner),
     }

@@ -2,7 +2,7 @@
 
 Authenticated with the server's own token (``JUPYTERHUB_API_TOKEN``, which only the job has):
 the report may only speak for that one server of the token's user, and carries nothing but a
-port (or a failure text). Where the server runs is Slurm's word (the job's node), never the
+port (or a failure text), and later the job's GPU utilisation (:mod:`.figures`). Where the server runs is Slurm's word (the job's node), never the
 report's. Add it to the hub with::
 
     from rootless_gpu_spawner.slurm.report import REPORT_HANDLER
@@ -16,6 +16,8 @@ import json
 
 from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
+
+from .figures import ReportTooSoon
 
 ROUTE = r"/api/rootless-gpu-slurm/report"
 MAX_BODY = 16384
@@ -47,6 +49,8 @@ class ReportHandler(APIHandler):
             raise web.HTTPError(403, "this token does not belong to that server")
         try:
             spawner.node_reported(body)
+        except ReportTooSoon as e:
+            raise web.HTTPError(429, str(e)) from None
         except ValueError as e:
             raise web.HTTPError(400, str(e)) from None
         self.set_status(200)

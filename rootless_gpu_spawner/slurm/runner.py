@@ -30,12 +30,14 @@ from ..hub.gpus import device_requests
 from ..hub.images import parse_image_reference
 from ..hub.pulls import ensure_image
 from ..errors import SpawnRefused
+from .figures import node_figures
 from .nodelaunch import NodeLaunch
 from ..safetext import printable
 
 MAX_SPEC = 1 << 20
 STOP_GRACE = 10  # seconds docker gives the server before SIGKILL (well inside Slurm's KillWait)
 REPORT_ATTEMPTS = 5
+MIN_UTILISATION_INTERVAL = 2.0  # seconds (the hub refuses reports more often than once a second)
 
 
 def say(message: str) -> None:
@@ -153,6 +155,32 @@ async def supervise(conn, container: str, stop: asyncio.Event) -> int:
     return code
 
 
+async def report_utilisation(spec: dict, gpus: list[str], stop: asyncio.Event) -> None:
+    """Every ``utilisation_interval`` s, the job's GPUs' utilisation on this node, to the hub."""
+    from ..utilisation import UtilisationError, source_from_env
+
+    source = source_from_env(spec.get("utilisation_file") or "")
+    interval = min(max(float(spec.get("utilisation_interval") or 15), MIN_UTILISATION_INTERVAL), 300.0)
+    said = ""  # what the job log last said about the figures (None: they flow)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+            return
+        except asyncio.TimeoutError:
+            pass
+        try:
+            readings = await asyncio.to_thread(source.read)
+            body = node_figures(readings, gpus, source.simulated)
+            await asyncio.to_thread(report, spec, body)
+            problem = None
+        except (UtilisationError, NodeError) as e:  # the server keeps running; the board shows no figures
+            problem = f"no utilisation figures from {source.description}: {printable(e, 300)}"
+        if problem != said:
+            say(problem or f"reporting GPU utilisation every {interval:g} s from {source.description}"
+                + (" (simulated)" if source.simulated else ""))
+            said = problem
+
+
 async def remove(conn, container: str) -> None:
     try:
         await conn.call("stop", container, timeout=STOP_GRACE)
@@ -195,7 +223,10 @@ async def run(spec: dict) -> int:
         except Exception as again:
             say(f"could not tell the hub either: {printable(again, 300)}")
         return 1
+    figures = asyncio.create_task(report_utilisation(spec, gpus, stop)) if gpus else None
     code = await supervise(conn, container, stop)
+    if figures:
+        figures.cancel()
     say(f"done ({code})")
     return code
 

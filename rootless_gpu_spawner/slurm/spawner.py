@@ -21,6 +21,7 @@ from ..hub.readiness import wait_until_answering
 from ..hub.user_options import validate_user_options
 from ..safetext import printable
 from ..spawner import RootlessGPUSpawner
+from . import figures as job_figures
 from . import jobs
 from .commands import SlurmCommandFailed, SlurmCommands, SlurmError, SlurmUnreachable
 from .config import SlurmConfig
@@ -45,6 +46,7 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
     node_addr = Unicode("")
     job_gpus = List(Unicode())
     _report: asyncio.Future | None = None
+    _figures: dict | None = None  # the node's latest GPU utilisation report (memory only)
     _phases: dict = {}
     _t0 = 0.0
 
@@ -82,6 +84,7 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
         super().clear_state()
         self.job_id = self.job_node = self.node_addr = ""
         self.job_gpus = []
+        self._figures = None
 
     # ---- options -----------------------------------------------------------------------
 
@@ -281,7 +284,8 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
         ids, Slurm's word; None while it holds none."""
         if not (self.job_id and self.job_node and self.job_gpus and self.host_port):
             return None
-        return {"gpus": [f"{self.job_node}:{g}" for g in self.job_gpus], "node": self.job_node}
+        return {"gpus": [f"{self.job_node}:{g}" for g in self.job_gpus], "node": self.job_node,
+                "utilisation": job_figures.holder_figures(self._figures, self.job_node)}
 
     async def _learn_node(self, node: str):
         if not node:
@@ -298,6 +302,12 @@ class RootlessGPUSlurmSpawner(RootlessGPUSpawner, SlurmConfig):
 
     def node_reported(self, body: dict):
         """Called by :class:`.report.ReportHandler` with this server's own token (hostile input)."""
+        if "utilisation" in body:  # the node's periodic figures, once the server runs
+            if not self.job_id:
+                raise ValueError("this server is not running: no utilisation figures now")
+            last = self._figures["at"] if self._figures else None
+            self._figures = job_figures.validate_figures(body, list(self.job_gpus), last, time.time())
+            return
         if self._report is None or self._report.done():
             raise ValueError("this server is not waiting for a report")
         if "error" in body:

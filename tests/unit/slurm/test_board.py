@@ -11,7 +11,7 @@ def test_a_running_job_holds_its_node_local_gpus():
     spawner = RootlessGPUSlurmSpawner()
     assert spawner.gpu_holder() is None
     spawner.job_id, spawner.job_node, spawner.job_gpus, spawner.host_port = "7", "gpu2", ["0", "1"], 40000
-    assert spawner.gpu_holder() == {"gpus": ["gpu2:0", "gpu2:1"], "node": "gpu2"}
+    assert spawner.gpu_holder() == {"gpus": ["gpu2:0", "gpu2:1"], "node": "gpu2", "utilisation": {}}
     spawner.clear_state()
     assert spawner.gpu_holder() is None
 
