@@ -166,6 +166,13 @@ def ensure_runtime_dir(pw: pwd.struct_passwd) -> str:
     :func:`safefs.hand_over`) and mode through the fd.
     """
     paths = daemon_paths(pw.pw_uid)
+    if os.geteuid() != 0 and not os.path.isdir(paths.runtime_dir):
+        # As the student (a Slurm job's node side): /run/user is root's, only root can make it.
+        raise DaemonError(
+            f"{paths.runtime_dir} (the runtime dir of {pw.pw_name}, where the daemon's socket lives) does not "
+            f"exist on this host and only root can create it: ask the admin to run "
+            f"'rootless-gpu-admin bootstrap --user {pw.pw_name}' on it (or to let pam_systemd/logind create it)."
+        )
     os.makedirs(RUN_USER_DIR, mode=0o755, exist_ok=True)
     try:
         os.mkdir(paths.runtime_dir, 0o700)
@@ -451,20 +458,64 @@ class _HandStarted:
         return None if rc is None else f"exited with code {rc}"
 
 
-def _launch_by_hand(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict, logfd: int) -> _HandStarted:
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv", path=":".join(_search_dirs()))
-        if not setpriv:
-            raise DaemonError("setpriv not found (Debian package 'util-linux'); it drops root to the user.")
-        cmd = [setpriv, f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", *cmd]
+class _Detached:
+    """A daemon the student started for themselves, detached from the caller (no parent to poll)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def ended(self) -> Optional[str]:
+        return None if _alive(self.pid) else "exited"
+
+
+#: Runs the daemon in the background of a shell that exits at once, so the daemon is nobody's child.
+_DETACH_SH = '"$@" </dev/null >&2 & echo $!'
+
+
+def _launch_detached(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict, logfd: int) -> _Detached:
+    """As the student (a Slurm job's node side): the daemon must outlive the caller.
+
+    A batch job's processes are its descendants (proctrack/linuxproc, /pgid), all killed when the
+    job ends; the student's daemon serves later jobs too. So it is started by a shell that exits
+    at once (the daemon is reparented to init, in its own session). Under proctrack/cgroup it
+    stays in the job's cgroup: there an admin starts it (rootless-gpu-admin start-daemon)."""
+    sh = shutil.which("sh", path=_SAFE_PATH) or "/bin/sh"
+    proc = subprocess.Popen([sh, "-c", _DETACH_SH, "sh", *cmd], stdin=subprocess.DEVNULL,  # log: stdout and stderr
+                            stdout=subprocess.PIPE, stderr=logfd, env=env, cwd="/", start_new_session=True, close_fds=True)
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise DaemonError(f"the shell starting {pw.pw_name}'s daemon did not return within 10 s") from None
+    text = out.decode("ascii", "replace").strip()
+    if proc.returncode != 0 or not text.isdigit():
+        raise DaemonError(f"could not start {pw.pw_name}'s daemon in the background (sh said {printable(text, 100)!s})")
+    pid = int(text)
+    _record_rootlesskit(paths, pid, pw)
+    return _Detached(pid)
+
+
+def _launch_by_hand(pw: pwd.struct_passwd, paths: DaemonPaths, cmd: list[str], env: dict, logfd: int):
+    """Root: the daemon as root's child, dropped to the student (setpriv). The student: detached."""
+    if os.geteuid() != 0:  # the student themselves (start_daemon checked it is them)
+        return _launch_detached(pw, paths, cmd, env, logfd)
+    setpriv = shutil.which("setpriv", path=":".join(_search_dirs()))
+    if not setpriv:
+        raise DaemonError("setpriv not found (Debian package 'util-linux'); it drops root to the user.")
+    cmd = [setpriv, f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", *cmd]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, env=env, cwd="/",
                             start_new_session=True, close_fds=True)
+    _record_rootlesskit(paths, proc.pid, pw)
+    return _HandStarted(proc)
+
+
+def _record_rootlesskit(paths: DaemonPaths, pid: int, pw: pwd.struct_passwd) -> None:
     dfd = os.open(paths.runtime_dir, _O_DIR)
     try:
-        _write_pid_file(dfd, os.path.basename(paths.rootlesskit_pid_file), proc.pid, pw.pw_uid, pw.pw_gid)
+        _write_pid_file(dfd, os.path.basename(paths.rootlesskit_pid_file), pid, pw.pw_uid, pw.pw_gid)
     finally:
         os.close(dfd)
-    return _HandStarted(proc)
 
 
 #: The transient unit, in the user's own systemd, that runs a daemon we start.

@@ -330,3 +330,83 @@ def test_without_systemd_it_is_started_by_hand_detached(student, monkeypatch):
     assert os.path.basename(cmd[0]) == "setpriv" and cmd[1:4] == ["--reuid=4242", "--regid=4242", "--init-groups"]
     assert kwargs["start_new_session"] is True and kwargs["stdin"] == subprocess.DEVNULL
     assert kwargs["env"]["HOME"] == student.pw_dir and "RGS_ROOT_ONLY" not in kwargs["env"]
+
+
+# ---------------------------------------------------------------- started by the student (a Slurm job's node side)
+
+
+@pytest.fixture
+def as_student_dirs(monkeypatch):
+    """A runtime dir and home uid 4242 can reach (pytest's tmp_path is root's 0700)."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to become uid 4242)")
+    base = tempfile.mkdtemp(prefix="rgs-unit-student-")
+    os.chmod(base, 0o755)
+    home, rd = os.path.join(base, "home"), os.path.join(base, "run")
+    for d in (home, rd):
+        os.mkdir(d, 0o700)
+        os.chown(d, 4242, 4242)
+    real = daemonctl.daemon_paths
+
+    def paths(uid):
+        p = real(uid)
+        names = ("socket", "pid_file", "rootlesskit_pid_file", "log_file", "lock_file")
+        return daemonctl.DaemonPaths(int(uid), rd, *(os.path.join(rd, os.path.basename(getattr(p, n))) for n in names))
+
+    monkeypatch.setattr(daemonctl, "daemon_paths", paths)
+    monkeypatch.setattr(daemonctl, "check_tun", lambda pw: None)
+    monkeypatch.setattr(daemonctl, "check_subids", lambda pw: None)
+    yield base, home, rd
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _as_uid(uid, fn) -> tuple[str, int]:
+    """Run fn() in a child that is uid:gid *uid* (not root); (its result or error as text, its pid)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            out = f"ok {fn()}"
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out = f"{type(e).__name__}: {e}"
+        os.write(w, out.encode()[:60000])
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    os.waitpid(pid, 0)
+    return text, pid
+
+
+def test_the_student_starts_their_own_daemon_detached_from_the_caller(as_student_dirs, monkeypatch):
+    """As the student: no setpriv, no chown; the daemon is nobody's child (a Slurm job's end does not kill it)."""
+    base, home, rd = as_student_dirs
+    fake = os.path.join(base, "rootlesskit")
+    with open(fake, "w") as f:  # plays rootlesskit: waits for its starter to exit, says who its parent is, dies
+        f.write("#!/bin/sh\nsleep 1\necho \"fake rootlesskit uid=$(id -u) ppid=$(cut -d' ' -f4 /proc/$$/stat)\"\nexit 3\n")
+    os.chmod(fake, 0o755)
+    monkeypatch.setattr(daemonctl, "find_binaries", lambda: dict(BINS, rootlesskit=fake))
+    student = pwd.struct_passwd(("rgs-fake", "x", 4242, 4242, "", home, "/bin/sh"))
+    text, caller = _as_uid(4242, lambda: daemonctl.start_daemon(student, systemd=False, timeout=20))
+    assert text.startswith("HostError: rootless dockerd of rgs-fake exited before answering"), text
+    assert "fake rootlesskit uid=4242 ppid=" in text, text
+    ppid = int(text.split("ppid=")[1].split()[0])
+    assert ppid not in (caller, os.getpid()), text  # reparented: not the caller's child
+    paths = daemonctl.daemon_paths(4242)
+    assert os.stat(paths.log_file).st_uid == 4242 and os.path.exists(paths.rootlesskit_pid_file)
+
+
+def test_the_student_without_a_runtime_dir_is_told_who_can_make_it(as_student_dirs):
+    base, home, rd = as_student_dirs
+    os.rmdir(rd)
+    student = pwd.struct_passwd(("rgs-fake", "x", 4242, 4242, "", home, "/bin/sh"))
+    text, _ = _as_uid(4242, lambda: daemonctl.start_daemon(student, systemd=False, timeout=5))
+    assert text.startswith(f"HostError: {rd} (the runtime dir of rgs-fake"), text
+    assert "only root can create it" in text and "rootless-gpu-admin bootstrap --user rgs-fake" in text, text
