@@ -38,8 +38,27 @@ from pathlib import Path
 import jupyterhub
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: The project's shared fixtures live next to the clone (``../shared``); RGS_DOCKER_STACKS_DIR overrides.
-STACKS_DIR = Path(os.environ.get("RGS_DOCKER_STACKS_DIR", REPO_ROOT.parent / "shared" / "fixtures" / "docker-stacks"))
+def _stacks_dir() -> Path:
+    """The project's shared fixtures: RGS_DOCKER_STACKS_DIR, else ``../shared`` next to this clone,
+    else next to the checkout it was cloned from (CI clones into a folder of its own choosing)."""
+    if os.environ.get("RGS_DOCKER_STACKS_DIR"):
+        return Path(os.environ["RGS_DOCKER_STACKS_DIR"])
+    rel = Path("shared") / "fixtures" / "docker-stacks"
+    roots = [REPO_ROOT]
+    try:
+        origin = subprocess.run(["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin.startswith("/") or origin.startswith("file://"):
+        roots.append(Path(origin.removeprefix("file://")).resolve())
+    for root in roots:
+        if (root.parent / rel).is_dir():
+            return root.parent / rel
+    return REPO_ROOT.parent / rel
+
+
+STACKS_DIR = _stacks_dir()
 STACKS_FILES = ("start.sh", "run-hooks.sh", "_docker_stacks_log.sh", "start-notebook.py", "start-singleuser.py")
 WHEEL_CACHE = Path("/var/cache/rootless-gpu-spawner/wheels") / f"jupyterhub-{jupyterhub.__version__}"
 PREFIX = "rgs-test"
